@@ -1,0 +1,29 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[local,test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check sqsd sqsd_client tests bench etc
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) etc/demo.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check sqsd sqsd_client tests bench etc
+
+# Benchmarks against fauxqs (figures only, never pass/fail): make bench BENCH_ARGS=--quick
+bench: $(STAMP)
+	test -d bench/node_modules/fauxqs || npm install --prefix bench --no-save fauxqs@1.9.2
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

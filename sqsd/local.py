@@ -1,0 +1,83 @@
+"""The embedded local SQS endpoint (``--local`` / ``endpoint_url = "local"``): moto's server
+as a child process on a free loopback port, for demos and development without AWS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from sqsd.notify import set_parent_death_signal
+
+
+class LocalEndpoint:
+    """A running moto server; ``url`` is its endpoint."""
+
+    def __init__(self, process: subprocess.Popen[bytes], url: str):
+        self.process = process
+        self.url = url
+
+    @classmethod
+    def start(cls, timeout: float = 30.0) -> LocalEndpoint:
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                "the local endpoint needs moto's server: pip install 'sqsd[local]'"
+            ) from None
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C must stop the workers first, then us
+            preexec_fn=lambda: set_parent_death_signal(signal.SIGTERM),
+        )
+        url = f"http://127.0.0.1:{port}"
+        endpoint = cls(process, url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto server exited with {process.returncode}")
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                return endpoint
+            except OSError:
+                time.sleep(0.05)
+        endpoint.stop()
+        raise RuntimeError(f"moto server did not answer on {url} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.process.returncode is not None:
+            return
+        try:
+            self.process.terminate()
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        except ChildProcessError:
+            pass  # already reaped by the master's waitpid loop
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def environment_for_children(url: str) -> None:
+    """Workers and their handlers' producers find the endpoint through the environment."""
+    os.environ["SQSD_LOCAL_ENDPOINT"] = url
+    use_local_credentials()
+
+
+def use_local_credentials() -> None:
+    """The emulator accepts any credentials and region; set some when none are."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(key, "local")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

@@ -1,0 +1,66 @@
+"""systemd integration: the sd_notify datagram protocol and the parent-death signal.
+
+No dependency: a notification is one datagram to ``$NOTIFY_SOCKET`` (an abstract socket
+when the path starts with "@"); everything is a no-op when the variable is unset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import socket
+import time
+
+PR_SET_PDEATHSIG = 1
+
+
+class Notifier:
+    """Sends READY=1, STATUS=, WATCHDOG=1, RELOADING=1 and STOPPING=1 to systemd."""
+
+    def __init__(self) -> None:
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        self.enabled = bool(address)
+        self.sock: socket.socket | None = None
+        if self.enabled:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        watchdog_pid = os.environ.get("WATCHDOG_PID", "")
+        for_us = not watchdog_pid or watchdog_pid == str(os.getpid())
+        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and for_us else 0.0
+        self.last_watchdog = 0.0
+        self.last_status = ""
+
+    def send(self, message: str) -> None:
+        if self.sock is None:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.sendto(message.encode(), self.address)
+
+    def status(self, text: str) -> None:
+        """STATUS= only when it changed."""
+        if text != self.last_status:
+            self.last_status = text
+            self.send(f"STATUS={text}")
+
+    def watchdog(self) -> None:
+        """WATCHDOG=1 at half the interval systemd asked for."""
+        if not self.watchdog_interval:
+            return
+        now = time.monotonic()
+        if now - self.last_watchdog >= self.watchdog_interval:
+            self.last_watchdog = now
+            self.send("WATCHDOG=1")
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Ask the kernel to send ``signum`` to this process when its parent dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)

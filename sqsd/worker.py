@@ -1,0 +1,627 @@
+"""The worker: one process, one SQS queue URL, one handler.
+
+The main thread long-polls, calls the handler and decides each message's outcome. A
+housekeeper thread deletes finished messages in batches off the handler path and extends
+the visibility of messages still in hand (the one running and those waiting in its batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import select
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqsd import logs, scoreboard
+from sqsd.config import QueueSettings, Settings
+from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, RestartLater
+from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
+from sqsd.producer import encode_attributes, max_sqs_delay
+from sqsd.sqs import ensure_queue, is_missing_queue, make_client
+
+DELETE_FLUSH_AGE = 1.0  # seconds a finished message may wait for a fuller delete batch
+ERROR_BACKOFF_MAX = 30.0
+RETRY_DELAY_BASE = 5  # RestartLater without delay: 5 s, 10 s, 20 s, ... per receive
+RETRY_DELAY_MAX = 900
+DLQ_ERROR_ATTRIBUTE = "sqsd_error"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything one worker process needs, resolved by the master before fork."""
+
+    queue: QueueSettings
+    suffix: str
+    url_name: str
+    dead_letter_name: str
+    handler: Callable[[Message], Any]
+    message_class: type[Message]
+    after_message: Callable[[Message], Any] | None
+    index: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.queue.name}:{self.suffix}" if self.suffix else self.queue.name
+
+
+class StopReceiving(BaseException):  # noqa: N818 - a control-flow signal, not an error
+    """Raised from the SIGTERM handler to abandon a long poll or idle sleep in progress.
+    A BaseException, so botocore's retry logic (``except Exception``) lets it through."""
+
+
+class Housekeeper(threading.Thread):
+    """Deletes finished messages in batches and extends visibility of messages in hand."""
+
+    def __init__(
+        self, client: Any, url: str, visibility_timeout: int, slot: scoreboard.Slot, log: Any
+    ):
+        super().__init__(name="sqsd-housekeeper", daemon=True)
+        self.client = client
+        self.url = url
+        self.visibility_timeout = visibility_timeout
+        self.slot = slot
+        self.log = log
+        self.cond = threading.Condition()
+        self.pending: list[tuple[str, str]] = []  # (message id, receipt handle)
+        self.oldest_pending = 0.0
+        self.in_hand: dict[str, float] = {}  # receipt handle -> visibility deadline
+        self.flush_requested = False
+        self.stopping = False
+
+    def hold(self, messages: list[Message], received_at: float) -> None:
+        deadline = received_at + self.visibility_timeout
+        with self.cond:
+            for message in messages:
+                self.in_hand[message.receipt_handle] = deadline
+            self.cond.notify()
+
+    def release(self, message: Message) -> None:
+        with self.cond:
+            self.in_hand.pop(message.receipt_handle, None)
+
+    def delete(self, message: Message) -> None:
+        """Queue a delete; a full batch is sent at once, a partial one within a second."""
+        with self.cond:
+            self.in_hand.pop(message.receipt_handle, None)
+            if not self.pending:
+                self.oldest_pending = time.monotonic()
+            self.pending.append((message.id, message.receipt_handle))
+            if len(self.pending) >= 10:
+                self.cond.notify()
+
+    def flush(self) -> None:
+        """Ask for pending deletes to go out now (end of a batch)."""
+        with self.cond:
+            if self.pending:
+                self.flush_requested = True
+                self.cond.notify()
+
+    def stop(self) -> None:
+        """Flush what is pending and end the thread; returns when it is done."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        self.join()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                self.cond.wait_for(self._has_work, timeout=self._next_timeout())
+                batch = self._take_batch()
+                stopping = self.stopping and not self.pending
+            if batch:
+                self._delete_batch(batch)
+            self._extend_due()
+            if stopping and not batch:
+                return
+
+    def _has_work(self) -> bool:
+        return self.stopping or self.flush_requested or len(self.pending) >= 10
+
+    def _next_timeout(self) -> float | None:
+        timeouts = []
+        now = time.monotonic()
+        if self.pending:
+            timeouts.append(self.oldest_pending + DELETE_FLUSH_AGE - now)
+        if self.in_hand:
+            soonest = min(self.in_hand.values())
+            timeouts.append(soonest - self.visibility_timeout / 2 - now)
+        return max(0.0, min(timeouts)) if timeouts else None
+
+    def _take_batch(self) -> list[tuple[str, str]]:
+        due = self.pending and time.monotonic() - self.oldest_pending >= DELETE_FLUSH_AGE
+        if not (self.flush_requested or self.stopping or due or len(self.pending) >= 10):
+            return []
+        batch, self.pending = self.pending[:10], self.pending[10:]
+        self.flush_requested = bool(self.pending) and self.flush_requested
+        self.oldest_pending = time.monotonic()
+        return batch
+
+    def _delete_batch(self, batch: list[tuple[str, str]]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": handle} for i, (_, handle) in enumerate(batch)]
+        try:
+            response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
+        except Exception as exc:
+            # The messages reappear after their visibility timeout: a duplicate, never a loss.
+            self.log.warning("delete failed", error=str(exc), messages=len(batch))
+            return
+        finally:
+            self.slot.add(scoreboard.DELETES)
+        for failure in response.get("Failed", []):
+            message_id = batch[int(failure["Id"])][0]
+            self.log.warning("delete refused", message_id=message_id, error=failure.get("Message"))
+
+    def _extend_due(self) -> None:
+        if not self.in_hand:
+            return
+        now = time.monotonic()
+        with self.cond:
+            due = [
+                h
+                for h, deadline in self.in_hand.items()
+                if deadline - now <= self.visibility_timeout / 2
+            ]
+            for handle in due:
+                self.in_hand[handle] = now + self.visibility_timeout
+        for start in range(0, len(due), 10):
+            chunk = due[start : start + 10]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.visibility_timeout}
+                for i, h in enumerate(chunk)
+            ]
+            try:
+                self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
+            except Exception as exc:
+                self.log.warning("visibility heartbeat failed", error=str(exc))
+            self.slot.add(scoreboard.VISIBILITY_CHANGES)
+
+
+class Worker:
+    """Runs the receive → handle → delete loop for one queue URL until told to stop."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        settings: Settings,
+        *,
+        slot: scoreboard.Slot,
+        wake_fd: int,
+        master_pid: int,
+        message_limit: int = 0,
+    ):
+        self.spec = spec
+        self.queue = spec.queue
+        self.settings = settings
+        self.slot = slot
+        self.wake_fd = wake_fd
+        self.master_pid = master_pid
+        self.log = logs.get("sqsd.worker", queue=spec.queue.name, suffix=spec.suffix)
+        self.failed_log = logs.FailedLog(settings.failed_log)
+        self.client: Any = None
+        self.url = ""
+        self.dead_letter_url = ""
+        self.housekeeper: Housekeeper | None = None
+        self.stop_requested = False
+        self.interruptible = False  # in a long poll or a sleep: stop at once
+        self.idle_sleep = 0.0
+        self.error_sleep = 0.0
+        self.handled = 0
+        limit = self.queue.max_messages
+        if limit:
+            limit += random.randint(0, limit // 10)  # so sibling workers don't recycle at once
+        if message_limit:
+            limit = min(limit, message_limit) if limit else message_limit
+        self.message_limit = limit
+        self.receive_params: dict[str, Any] = {
+            "MaxNumberOfMessages": self.queue.batch_size,
+            "WaitTimeSeconds": self.queue.wait_time_seconds,
+            "AttributeNames": ["All"],
+            "MessageAttributeNames": ["All"],
+        }
+
+    # -- process life -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """The worker's main loop; returns the process exit code."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which stops us
+        self.client = make_client(self.settings, wait_time_seconds=self.queue.wait_time_seconds)
+        try:
+            self._resolve_queues()
+        except MissingQueue:
+            return EXIT_CONFIG
+        if self.stop_requested:
+            return EXIT_OK
+        self.housekeeper = Housekeeper(
+            self.client, self.url, self.queue.visibility_timeout, self.slot, self.log
+        )
+        self.housekeeper.start()
+        self.log.info("worker started", pid=os.getpid(), url=self.url)
+        code = EXIT_OK
+        try:
+            code = self._loop()
+        finally:
+            self.slot.set_state("stopping")
+            self.housekeeper.stop()
+            self.log.info("worker stopped", pid=os.getpid(), handled=self.handled, code=code)
+        return code
+
+    def _loop(self) -> int:
+        while not self.stop_requested:
+            if os.getppid() != self.master_pid:
+                self.log.warning("master is gone; stopping")
+                return EXIT_OK
+            recycle = self._recycle_reason()
+            if recycle:
+                self.log.info("recycling worker", reason=recycle)
+                return EXIT_RECYCLE
+            try:
+                messages = self._receive()
+            except MissingQueue:
+                return EXIT_CONFIG
+            if messages:
+                self.idle_sleep = 0.0
+                self._process_batch(messages)
+            elif not self.stop_requested and self.error_sleep == 0.0:
+                self._sleep_idle()
+        return EXIT_OK
+
+    def _resolve_queues(self) -> None:
+        """Find (or, with create_queues, create) the queue and its dead-letter queue,
+        retrying with backoff while SQS is unreachable."""
+        create = self.settings.create_queues
+        while not self.stop_requested:
+            try:
+                self.url = ensure_queue(self.client, self.spec.url_name, self.queue, create=create)
+                if self.spec.dead_letter_name:
+                    self.dead_letter_url = ensure_queue(
+                        self.client, self.spec.dead_letter_name, self.queue, create=create
+                    )
+                break
+            except Exception as exc:
+                if is_missing_queue(exc):
+                    self.log.error("queue does not exist", queue_name=str(exc))
+                    raise MissingQueue from exc
+                self._sleep_after_error(exc)
+        self.error_sleep = 0.0
+        self.receive_params["QueueUrl"] = self.url
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+        if self.interruptible:
+            raise StopReceiving
+
+    def _recycle_reason(self) -> str:
+        if self.message_limit and self.handled >= self.message_limit:
+            return f"handled {self.handled} messages (max_messages)"
+        if self.queue.max_memory_mb:
+            import psutil
+
+            rss_mb = psutil.Process().memory_info().rss / 2**20
+            if rss_mb > self.queue.max_memory_mb:
+                return f"RSS {rss_mb:.0f} MiB above max_memory_mb {self.queue.max_memory_mb}"
+        return ""
+
+    # -- receiving and idling -----------------------------------------------------------
+
+    def _receive(self) -> list[dict[str, Any]]:
+        self.slot.set_state("polling")
+        try:
+            self.interruptible = True
+            if self.stop_requested:
+                return []
+            response = self.client.receive_message(**self.receive_params)
+        except StopReceiving:
+            return []
+        except Exception as exc:
+            if is_missing_queue(exc):
+                self.log.error("queue does not exist", url=self.url)
+                raise MissingQueue from exc
+            self._sleep_after_error(exc)
+            return []
+        finally:
+            self.interruptible = False
+        self.error_sleep = 0.0
+        self.slot.add(scoreboard.RECEIVES)
+        messages = response.get("Messages", [])
+        if not messages:
+            self.slot.add(scoreboard.EMPTY_RECEIVES)
+        return messages
+
+    def _sleep_after_error(self, exc: Exception) -> None:
+        self.error_sleep = min(ERROR_BACKOFF_MAX, max(1.0, self.error_sleep * 2))
+        delay = self.error_sleep * random.uniform(0.5, 1.0)
+        self.log.warning("SQS call failed; backing off", error=str(exc), seconds=round(delay, 2))
+        self.slot.set_state("backoff", idle_until=time.monotonic() + delay)
+        self._wait_for_wake(delay)
+
+    def _sleep_idle(self) -> None:
+        """After an empty poll: sleep 1, 2, 4 ... up to idle_sleep_max (±10 %), unless woken."""
+        if self.queue.idle_sleep_max <= 0:
+            return
+        self.idle_sleep = min(self.queue.idle_sleep_max, max(1.0, self.idle_sleep * 2))
+        delay = self.idle_sleep * random.uniform(0.9, 1.1)
+        self.slot.set_state("idle", idle_until=time.monotonic() + delay)
+        if self._wait_for_wake(delay):
+            self.idle_sleep = 0.0
+
+    def _wait_for_wake(self, timeout: float) -> bool:
+        """Sleep until a wake-up byte arrives or ``timeout`` passes; True when woken.
+
+        Bytes written while we were busy or polling are still in the pipe, so a wake-up
+        that raced with an empty poll makes us poll again at once.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.stop_requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                self.interruptible = True
+                if self.stop_requested:
+                    return False
+                ready, _, _ = select.select([self.wake_fd], [], [], min(remaining, 1.0))
+            except StopReceiving:
+                return False
+            finally:
+                self.interruptible = False
+            if ready:
+                data = os.read(self.wake_fd, 4096)
+                if not data:  # the master closed its end: it is gone
+                    self.stop_requested = True
+                    return False
+                return True
+            self.slot.beat()
+            if os.getppid() != self.master_pid:
+                self.stop_requested = True
+        return False
+
+    # -- handling -----------------------------------------------------------------------
+
+    def _process_batch(self, raws: list[dict[str, Any]]) -> None:
+        received_at = time.monotonic()
+        queue_name, suffix = self.queue.name, self.spec.suffix
+        messages = [self.spec.message_class(raw, queue_name, suffix) for raw in raws]
+        housekeeper = self.housekeeper
+        assert housekeeper is not None
+        housekeeper.hold(messages, received_at)
+        blocked_groups: set[str] = set()
+        for position, message in enumerate(messages):
+            if self.stop_requested:
+                self._give_back(messages[position:])
+                break
+            group = message.group_id
+            if group is not None and group in blocked_groups:
+                self._give_back([message])
+                continue
+            kept = self._process(message)
+            if kept and group is not None:
+                blocked_groups.add(group)
+        housekeeper.flush()
+
+    def _process(self, message: Message) -> bool:
+        """Handle one message; True when it stays in the queue (FIFO order must wait)."""
+        housekeeper = self.housekeeper
+        assert housekeeper is not None
+        attrs = message.raw.get("MessageAttributes")
+        if attrs and NOT_BEFORE_ATTRIBUTE in attrs and self._redelay(message):
+            return False
+        if message.receive_count > self.queue.max_retries + 1:
+            self._dead_letter(message, f"received {message.receive_count} times (max_retries)")
+            return False
+        if self.queue.delete_on_start and not self._delete_now(message):
+            return True
+        self.slot.start_message(message.id)
+        started = time.monotonic()
+        kept = False
+        try:
+            self.spec.handler(message)
+        except RestartLater as exc:
+            kept = True
+            self._restart_later(message, exc, started)
+        except Exception as exc:
+            kept = self._fail(message, exc, started)
+        else:
+            self.slot.add(scoreboard.PROCESSED)
+            if not self.queue.delete_on_start:
+                housekeeper.delete(message)
+            self.log.info(
+                "handled",
+                message_id=message.id,
+                receive_count=message.receive_count,
+                duration=round(time.monotonic() - started, 4),
+            )
+        finally:
+            self.handled += 1
+            self.slot.end_message()
+            self._after_message(message)
+        if kept or self.queue.delete_on_start:
+            housekeeper.release(message)
+        return kept
+
+    def _restart_later(self, message: Message, exc: RestartLater, started: float) -> None:
+        delay = exc.delay
+        if delay is None:
+            delay = min(RETRY_DELAY_MAX, RETRY_DELAY_BASE * 2 ** (message.receive_count - 1))
+        self.slot.add(scoreboard.RETRIED)
+        self._change_visibility(message, int(delay))
+        self.log.info(
+            "restart later",
+            message_id=message.id,
+            receive_count=message.receive_count,
+            delay=delay,
+            reason=str(exc) or None,
+            duration=round(time.monotonic() - started, 4),
+        )
+
+    def _fail(self, message: Message, exc: Exception, started: float) -> bool:
+        """Log, record the body, then apply the error policy; True when the message stays."""
+        self.slot.add(scoreboard.FAILED)
+        policy = self.queue.error_policy
+        self.log.error(
+            "handler failed",
+            message_id=message.id,
+            receive_count=message.receive_count,
+            duration=round(time.monotonic() - started, 4),
+            policy=policy,
+            exc_info=exc,
+        )
+        recorded = self.failed_log.write(
+            queue=self.queue.name,
+            suffix=self.spec.suffix,
+            message_id=message.id,
+            receive_count=message.receive_count,
+            error=_describe(exc),
+            body=message.body,
+        )
+        if not recorded or policy == "retry":
+            return True
+        if policy == "dead-letter":
+            return not self._dead_letter(message, _describe(exc), traceback.format_exc())
+        return not self._delete_now(message)
+
+    def _dead_letter(self, message: Message, reason: str, trace: str = "") -> bool:
+        """Move to the dead-letter queue, or log the body and delete when there is none.
+        False when the message could not be moved (it stays in the queue)."""
+        if not self.dead_letter_url:
+            self.failed_log.write(
+                queue=self.queue.name,
+                suffix=self.spec.suffix,
+                message_id=message.id,
+                receive_count=message.receive_count,
+                error=reason,
+                body=message.body,
+            )
+            self.log.warning("dropping message", message_id=message.id, reason=reason)
+            return self._delete_now(message)
+        attributes = dict(message.raw.get("MessageAttributes", {}))
+        extra = encode_attributes(
+            {
+                DLQ_ERROR_ATTRIBUTE: reason[:1000] or "error",
+                "sqsd_queue": self.spec.label,
+                "sqsd_receive_count": message.receive_count,
+            }
+        )
+        for name, value in extra.items():
+            if len(attributes) < 10:  # SQS allows ten attributes; the user's come first
+                attributes[name] = value
+        params: dict[str, Any] = {
+            "QueueUrl": self.dead_letter_url,
+            "MessageBody": message.body,
+            "MessageAttributes": attributes,
+        }
+        if self.dead_letter_url.endswith(".fifo"):
+            params["MessageGroupId"] = message.group_id or "default"
+            params["MessageDeduplicationId"] = message.id
+        try:
+            self.client.send_message(**params)
+        except Exception as exc:
+            self.log.error("dead-letter send failed", message_id=message.id, error=str(exc))
+            return False
+        self.slot.add(scoreboard.SENDS)
+        self.slot.add(scoreboard.DEAD_LETTERED)
+        self.log.warning("dead-lettered", message_id=message.id, reason=reason, trace=trace or None)
+        return self._delete_now(message)
+
+    def _redelay(self, message: Message) -> bool:
+        """A delay above SQS's maximum: send again with the remaining delay until due.
+        True when the message was re-delayed (and so not handled now)."""
+        attrs = message.raw["MessageAttributes"]
+        try:
+            not_before = float(attrs[NOT_BEFORE_ATTRIBUTE]["StringValue"])
+        except (KeyError, ValueError):
+            return False
+        remaining = not_before - time.time()
+        if remaining <= 0:
+            return False
+        params: dict[str, Any] = {
+            "QueueUrl": self.url,
+            "MessageBody": message.body,
+            "MessageAttributes": attrs,
+            "DelaySeconds": int(min(max(remaining, 0), max_sqs_delay())),
+        }
+        try:
+            self.client.send_message(**params)
+        except Exception as exc:
+            self.log.warning("re-delay failed", message_id=message.id, error=str(exc))
+            self._change_visibility(message, int(min(remaining, max_sqs_delay())))
+            return True
+        self.slot.add(scoreboard.SENDS)
+        self._delete_now(message)
+        self.log.debug("re-delayed", message_id=message.id, remaining=round(remaining, 1))
+        return True
+
+    def _after_message(self, message: Message) -> None:
+        try:
+            if self.spec.after_message is not None:
+                self.spec.after_message(message)
+            if self.queue.close_database:
+                close_django_connections()
+        except Exception:
+            self.log.exception("after_message hook failed", message_id=message.id)
+
+    # -- SQS calls on single messages ---------------------------------------------------
+
+    def _delete_now(self, message: Message) -> bool:
+        assert self.housekeeper is not None
+        self.housekeeper.release(message)
+        try:
+            self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
+        except Exception as exc:
+            self.log.warning("delete failed", message_id=message.id, error=str(exc))
+            return False
+        finally:
+            self.slot.add(scoreboard.DELETES)
+        return True
+
+    def _change_visibility(self, message: Message, seconds: int) -> None:
+        seconds = max(0, min(seconds, 43200))
+        try:
+            self.client.change_message_visibility(
+                QueueUrl=self.url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=seconds
+            )
+        except Exception as exc:
+            self.log.warning("visibility change failed", message_id=message.id, error=str(exc))
+        self.slot.add(scoreboard.VISIBILITY_CHANGES)
+
+    def _give_back(self, messages: list[Message]) -> None:
+        """Make received but unstarted messages visible again at once."""
+        assert self.housekeeper is not None
+        for message in messages:
+            self.housekeeper.release(message)
+        for start in range(0, len(messages), 10):
+            chunk = messages[start : start + 10]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+                for i, m in enumerate(chunk)
+            ]
+            try:
+                self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
+            except Exception as exc:
+                self.log.warning("give back failed", messages=len(chunk), error=str(exc))
+            self.slot.add(scoreboard.VISIBILITY_CHANGES)
+
+
+class MissingQueue(Exception):  # noqa: N818
+    """The worker's queue does not exist: a configuration problem, not a crash."""
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def close_django_connections() -> None:
+    """``close_database``: close Django's stale connections when Django is set up."""
+    try:
+        from django.db import close_old_connections
+    except ImportError:
+        return
+    with contextlib.suppress(Exception):
+        close_old_connections()
