@@ -16,14 +16,14 @@ FAILED_LOGGER = "sqsd.failed"
 
 
 def configure(log_format: str = "console", level: str = "info") -> None:
-    """Route structlog and stdlib logging (botocore included) to stderr in one format."""
-    level = os.environ.get("SQSD_LOG_LEVEL", level).upper()
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    """Render sqsd's own events (structlog, the fast native path) and stdlib records
+    (botocore, handlers' ``logging`` calls) as the same lines on stderr."""
+    level_name = os.environ.get("SQSD_LOG_LEVEL", level).upper()
+    level_number = logging.getLevelName(level_name)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        timestamper,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if log_format == "json":
         renderer: Any = structlog.processors.JSONRenderer()
@@ -32,32 +32,31 @@ def configure(log_format: str = "console", level: str = "info") -> None:
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level_number),
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[
+            *shared,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+        ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level_number)
     for noisy in ("botocore", "boto3", "urllib3", "werkzeug"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, level_number))
 
 
 def get(name: str = "sqsd", **context: Any) -> Any:
-    """A structlog logger bound to ``context``."""
-    return structlog.get_logger(name).bind(**context)
+    """A structlog logger for component ``name``, bound to ``context``."""
+    return structlog.get_logger().bind(logger=name, **context)
 
 
 class FailedLog:
@@ -66,12 +65,12 @@ class FailedLog:
 
     def __init__(self, path: str = ""):
         self.path = path
-        self.logger = structlog.get_logger(FAILED_LOGGER)
+        self.logger = logging.getLogger(FAILED_LOGGER)
 
     def write(self, **record: Any) -> bool:
         """Record a failed message; False when the file could not be written (the caller
         then keeps the message in the queue rather than lose its only copy)."""
-        self.logger.error("failed message", **record)
+        self.logger.error("failed message", extra=record)
         if not self.path:
             return True
         line = json.dumps({"time": time.time(), **record}, default=str) + "\n"
@@ -82,8 +81,6 @@ class FailedLog:
             finally:
                 os.close(fd)
         except OSError as exc:
-            structlog.get_logger("sqsd").error(
-                "failed_log not writable", path=self.path, error=str(exc)
-            )
+            get("sqsd.worker").error("failed_log not writable", path=self.path, error=str(exc))
             return False
         return True

@@ -353,7 +353,12 @@ class Master:
     def queue_settings(self, settings: Settings) -> dict[str, QueueSettings]:
         """Every queue to run: configured ones and those registered in code, filtered by
         ``sqsd run QUEUE...``."""
-        names = list(settings.queues) + [n for n in REGISTRY if n not in settings.queues]
+        registered = [
+            name
+            for name, registration in REGISTRY.items()
+            if name not in settings.queues and _imported_by(registration.module, settings.imports)
+        ]
+        names = list(settings.queues) + registered
         if self.only_queues:
             names = [n for n in names if n in self.only_queues]
         result: dict[str, QueueSettings] = {}
@@ -439,6 +444,7 @@ class Master:
             signal.set_wakeup_fd(-1)
             for signum in HANDLED_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
             notify.set_parent_death_signal(signal.SIGTERM)
             if os.getppid() != self.pid:
                 os._exit(EXIT_OK)
@@ -626,7 +632,8 @@ def hang_reason(queue: QueueSettings, view: scoreboard.SlotView, now: float) -> 
             return f"message {view.message_id} ran {running:.0f}s, past hard_timeout"
         return ""
     silent = now - view.heartbeat
-    limit = queue.wait_time_seconds + READ_TIMEOUT_MARGIN + SILENCE_MARGIN
+    # A receive may take botocore's three attempts, each up to its read timeout.
+    limit = 3 * (queue.wait_time_seconds + READ_TIMEOUT_MARGIN) + SILENCE_MARGIN
     if view.state in ("polling", "starting", "backoff") and silent > limit:
         return f"silent for {silent:.0f}s while {view.state}"
     if view.state == "idle" and silent > LOOP_TICK + SILENCE_MARGIN:
@@ -704,6 +711,11 @@ def resolve_handler(
     return registration.handler, message_class
 
 
+def _imported_by(module: str, imports: tuple[str, ...]) -> bool:
+    """Registrations count when their module is listed in ``imports`` (or is inside one)."""
+    return any(module == name or module.startswith(name + ".") for name in imports)
+
+
 def _replace_suffixes(queue: QueueSettings, suffixes: tuple[str, ...]) -> QueueSettings:
     from dataclasses import replace
 
@@ -714,4 +726,3 @@ def _replace_socket(settings: Settings, socket_path: str) -> Settings:
     from dataclasses import replace
 
     return replace(settings, socket=socket_path)
-

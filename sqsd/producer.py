@@ -98,7 +98,7 @@ class Producer:
         except Exception as exc:
             raise SendError(f"could not send to SQS queue {url_name!r}: {exc}") from exc
         if wake and not params.get("DelaySeconds"):
-            sqsd_client.wake(queue_name, suffix or None, socket_path=self.settings.socket)
+            sqsd_client.wake(queue_name, suffix, socket_path=self.settings.socket)
         return response["MessageId"]
 
     def _warn_unknown_suffix(self, queue_name: str, suffix: str) -> None:

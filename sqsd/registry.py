@@ -22,6 +22,7 @@ class Registration:
 
     queue: str
     handler: Callable[[Message], Any]
+    module: str
     message_class: type[Message] = Message
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -52,7 +53,8 @@ def register(
     options = {k: v for k, v in options.items() if v is not None}
     if "suffixes" in options:
         options["suffixes"] = _with_plain_queue(options["suffixes"])
-    REGISTRY[queue_name] = Registration(queue_name, fn, message_class or Message, options)
+    module = getattr(fn, "__module__", "") or ""
+    REGISTRY[queue_name] = Registration(queue_name, fn, module, message_class or Message, options)
     return fn
 
 
@@ -171,6 +173,7 @@ def task(
         name = queue_name or default_queue_name(fn)
         wrapper = Task(name, fn)
         register(name, wrapper.handle, max_retries=max_retries, **queue_options)
+        REGISTRY[name].module = fn.__module__
         return wrapper
 
     return decorate

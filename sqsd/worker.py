@@ -213,12 +213,11 @@ class Worker:
         self.idle_sleep = 0.0
         self.error_sleep = 0.0
         self.handled = 0
-        limit = self.queue.max_messages
-        if limit:
-            limit += random.randint(0, limit // 10)  # so sibling workers don't recycle at once
-        if message_limit:
-            limit = min(limit, message_limit) if limit else message_limit
-        self.message_limit = limit
+        recycle_after = self.queue.max_messages
+        if recycle_after:  # jitter, so sibling workers don't recycle at the same moment
+            recycle_after += random.randint(0, recycle_after // 10)
+        self.recycle_after = recycle_after
+        self.message_limit = message_limit  # `sqsd run --message-limit`: exit for good
         self.receive_params: dict[str, Any] = {
             "MaxNumberOfMessages": self.queue.batch_size,
             "WaitTimeSeconds": self.queue.wait_time_seconds,
@@ -257,6 +256,9 @@ class Worker:
         while not self.stop_requested:
             if os.getppid() != self.master_pid:
                 self.log.warning("master is gone; stopping")
+                return EXIT_OK
+            if self.message_limit and self.handled >= self.message_limit:
+                self.log.info("message limit reached", handled=self.handled)
                 return EXIT_OK
             recycle = self._recycle_reason()
             if recycle:
@@ -299,7 +301,7 @@ class Worker:
             raise StopReceiving
 
     def _recycle_reason(self) -> str:
-        if self.message_limit and self.handled >= self.message_limit:
+        if self.recycle_after and self.handled >= self.recycle_after:
             return f"handled {self.handled} messages (max_messages)"
         if self.queue.max_memory_mb:
             import psutil
