@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sqsd.errors import ConfigError
@@ -319,11 +319,6 @@ def _table(raw: Mapping[str, Any], name: str, path: str) -> Mapping[str, Any]:
 def default_path() -> str:
     """The configuration path producers use: ``$SQSD_CONFIG`` or /etc/sqsd/sqsd.toml."""
     return os.environ.get("SQSD_CONFIG") or DEFAULT_CONFIG_PATH
-
-
-def without_queue_overrides(settings: Settings) -> Settings:
-    """A copy of ``settings`` that keeps daemon keys only (for display and comparisons)."""
-    return replace(settings, defaults={}, queues={})
 
 
 def as_dict(settings: QueueSettings) -> dict[str, Any]:
