@@ -72,9 +72,11 @@ def run(
     from sqsd.control.server import SocketInUse
     from sqsd.local import LocalEndpoint, environment_for_children
     from sqsd.master import Master, import_receivers
+    from sqsd.sqs import preload
 
     settings = load_settings(config_path)
     logs.configure(settings.log_format, settings.log_level)
+    preload()
     try:
         import_receivers(settings)
         master = Master(settings, config_path, queues, suffix, message_limit)

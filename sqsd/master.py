@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import importlib
 import os
 import random
@@ -146,6 +147,7 @@ class Master:
         self.programs = {p.key: p for p in self.wanted_programs(self.settings)}
         if not self.programs:
             self.log.warning("no queues to run: configure [queues.NAME] or register receivers")
+        gc.freeze()  # preloaded objects stay shared copy-on-write: the collector won't touch them
         self.log.info(
             "master started",
             pid=self.pid,
@@ -634,7 +636,7 @@ def hang_reason(queue: QueueSettings, view: scoreboard.SlotView, now: float) -> 
     silent = now - view.heartbeat
     # A receive may take botocore's three attempts, each up to its read timeout.
     limit = 3 * (queue.wait_time_seconds + READ_TIMEOUT_MARGIN) + SILENCE_MARGIN
-    if view.state in ("polling", "starting", "backoff") and silent > limit:
+    if view.state in ("polling", "starting", "retrying") and silent > limit:
         return f"silent for {silent:.0f}s while {view.state}"
     if view.state == "idle" and silent > LOOP_TICK + SILENCE_MARGIN:
         return f"silent for {silent:.0f}s while idle"

@@ -13,7 +13,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-STATES = ("starting", "polling", "idle", "busy", "stopping", "backoff")
+STATES = ("starting", "polling", "idle", "busy", "stopping", "retrying")
 COUNTERS = (
     "processed",
     "failed",

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import setproctitle
+
 from sqsd import logs, scoreboard
 from sqsd.config import QueueSettings, Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, RestartLater
@@ -113,7 +115,9 @@ class Housekeeper(threading.Thread):
     def run(self) -> None:
         while True:
             with self.cond:
-                self.cond.wait_for(self._has_work, timeout=self._next_timeout())
+                if not self._has_work():
+                    # Woken by new work or a change of deadlines: recompute and go round.
+                    self.cond.wait(self._next_timeout())
                 batch = self._take_batch()
                 stopping = self.stopping and not self.pending
             if batch:
@@ -210,6 +214,7 @@ class Worker:
         self.housekeeper: Housekeeper | None = None
         self.stop_requested = False
         self.interruptible = False  # in a long poll or a sleep: stop at once
+        self.title = ""
         self.idle_sleep = 0.0
         self.error_sleep = 0.0
         self.handled = 0
@@ -247,7 +252,7 @@ class Worker:
         try:
             code = self._loop()
         finally:
-            self.slot.set_state("stopping")
+            self._set_state("stopping")
             self.housekeeper.stop()
             self.log.info("worker stopped", pid=os.getpid(), handled=self.handled, code=code)
         return code
@@ -274,6 +279,14 @@ class Worker:
             elif not self.stop_requested and self.error_sleep == 0.0:
                 self._sleep_idle()
         return EXIT_OK
+
+    def _set_state(self, state: str, *, idle_until: float = 0.0) -> None:
+        """Publish the state to the master's scoreboard and to the process title."""
+        self.slot.set_state(state, idle_until=idle_until)
+        title = f"sqsd: worker {self.spec.label} {state} {self.handled} done"
+        if title != self.title:
+            self.title = title
+            setproctitle.setproctitle(title)
 
     def _resolve_queues(self) -> None:
         """Find (or, with create_queues, create) the queue and its dead-letter queue,
@@ -314,7 +327,7 @@ class Worker:
     # -- receiving and idling -----------------------------------------------------------
 
     def _receive(self) -> list[dict[str, Any]]:
-        self.slot.set_state("polling")
+        self._set_state("polling")
         try:
             self.interruptible = True
             if self.stop_requested:
@@ -341,7 +354,7 @@ class Worker:
         self.error_sleep = min(ERROR_BACKOFF_MAX, max(1.0, self.error_sleep * 2))
         delay = self.error_sleep * random.uniform(0.5, 1.0)
         self.log.warning("SQS call failed; backing off", error=str(exc), seconds=round(delay, 2))
-        self.slot.set_state("backoff", idle_until=time.monotonic() + delay)
+        self._set_state("retrying", idle_until=time.monotonic() + delay)
         self._wait_for_wake(delay)
 
     def _sleep_idle(self) -> None:
@@ -350,7 +363,7 @@ class Worker:
             return
         self.idle_sleep = min(self.queue.idle_sleep_max, max(1.0, self.idle_sleep * 2))
         delay = self.idle_sleep * random.uniform(0.9, 1.1)
-        self.slot.set_state("idle", idle_until=time.monotonic() + delay)
+        self._set_state("idle", idle_until=time.monotonic() + delay)
         if self._wait_for_wake(delay):
             self.idle_sleep = 0.0
 
