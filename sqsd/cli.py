@@ -80,13 +80,12 @@ def run(
     try:
         import_receivers(settings)
         master = Master(settings, config_path, queues, suffix, message_limit)
-        known = master.queue_settings(settings)
         for name in queues:
-            if name not in known:
+            if name not in master.queues:
                 raise ConfigError(
                     f"{config_path}: queue {name!r} is neither configured nor registered"
                 )
-        master.wanted_programs(settings)
+        master.wanted_programs(settings, master.queues)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     endpoint = None
@@ -119,7 +118,7 @@ def check(config_path: str) -> None:
     try:
         import_receivers(settings)
         master = Master(settings, config_path)
-        programs = master.wanted_programs(settings)
+        programs = master.wanted_programs(settings, master.queues)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if settings.endpoint_url == "local":

@@ -121,6 +121,7 @@ class Master:
         self.fd_closers: list[Callable[[], None]] = []  # run in every forked child
         self.timers: list[tuple[float, Callable[[], None]]] = []
         self._signal_r, self._signal_w = socket.socketpair()
+        self.queues = self.queue_settings(self.settings)
         self.fd_closers.append(self.notifier.close)
 
     # -- life cycle ---------------------------------------------------------------------
@@ -144,7 +145,7 @@ class Master:
         self.control = ControlPlane(self)
         self.control.start()
         self.set_title()
-        self.programs = {p.key: p for p in self.wanted_programs(self.settings)}
+        self.programs = {p.key: p for p in self.wanted_programs(self.settings, self.queues)}
         if not self.programs:
             self.log.warning("no queues to run: configure [queues.NAME] or register receivers")
         gc.freeze()  # preloaded objects stay shared copy-on-write: the collector won't touch them
@@ -292,7 +293,8 @@ class Master:
         try:
             settings = config_module.load(self.config_path)
             import_receivers(settings)
-            wanted = {p.key: p for p in self.wanted_programs(settings, overrides={})}
+            queues = self.queue_settings(settings)
+            wanted = {p.key: p for p in self.wanted_programs(settings, queues, overrides={})}
         except ConfigError as exc:
             self.log.error("reload failed; keeping the running configuration", error=str(exc))
             self.notifier.send("READY=1")
@@ -301,6 +303,7 @@ class Master:
             self.log.warning("socket changes need a restart; keeping", socket=self.settings.socket)
             settings = _replace_socket(settings, self.settings.socket)
         self.settings = settings
+        self.queues = queues
         self.scale_overrides.clear()
         for key, program in self.programs.items():
             new = wanted.pop(key, None)
@@ -322,13 +325,13 @@ class Master:
 
     def scale(self, queue: str, suffix: str, processes: int) -> int:
         """Change the number of processes of one queue and suffix until the next reload."""
-        queue_settings = self.queue_settings(self.settings).get(queue)
+        queue_settings = self.queues.get(queue)
         if queue_settings is None:
             raise KeyError(f"unknown queue {queue!r}")
         if suffix not in queue_settings.suffixes:
             raise KeyError(f"queue {queue!r} has no suffix {suffix!r}")
         self.scale_overrides[(queue, suffix)] = processes
-        wanted = {p.key: p for p in self.wanted_programs(self.settings)}
+        wanted = {p.key: p for p in self.wanted_programs(self.settings, self.queues)}
         for key, program in self.programs.items():
             if key[:2] == (queue, suffix) and key not in wanted:
                 program.retired = True
@@ -343,7 +346,7 @@ class Master:
 
     def process_counts(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}
-        for queue in self.queue_settings(self.settings).values():
+        for queue in self.queues.values():
             for suffix in queue.suffixes:
                 counts[(queue.name, suffix)] = self.scale_overrides.get(
                     (queue.name, suffix), queue.processes
@@ -374,11 +377,15 @@ class Master:
         return result
 
     def wanted_programs(
-        self, settings: Settings, overrides: dict[tuple[str, str], int] | None = None
+        self,
+        settings: Settings,
+        queues: dict[str, QueueSettings],
+        overrides: dict[tuple[str, str], int] | None = None,
     ) -> list[Program]:
+        """One program per queue, suffix and process, with handlers resolved (preload)."""
         overrides = self.scale_overrides if overrides is None else overrides
         programs = []
-        for queue in self.queue_settings(settings).values():
+        for queue in queues.values():
             handler, message_class = resolve_handler(settings, queue)
             after = (
                 resolve_reference(settings, queue, "after_message") if queue.after_message else None
@@ -463,7 +470,7 @@ class Master:
             faulthandler.enable()
             code = main()
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
         except BaseException:
             traceback.print_exc()
             code = 1

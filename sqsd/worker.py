@@ -225,6 +225,8 @@ class Worker:
         self.message_limit = message_limit  # `sqsd run --message-limit`: exit for good
         self.receive_params: dict[str, Any] = {
             "MaxNumberOfMessages": self.queue.batch_size,
+            # The heartbeat counts on this timeout, whatever the queue's own default is.
+            "VisibilityTimeout": self.queue.visibility_timeout,
             "WaitTimeSeconds": self.queue.wait_time_seconds,
             "AttributeNames": ["All"],
             "MessageAttributeNames": ["All"],
@@ -235,6 +237,7 @@ class Worker:
     def run(self) -> int:
         """The worker's main loop; returns the process exit code."""
         signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGQUIT, self._on_quick_stop_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the master, which stops us
         self.client = make_client(self.settings, wait_time_seconds=self.queue.wait_time_seconds)
         try:
@@ -312,6 +315,12 @@ class Worker:
         self.stop_requested = True
         if self.interruptible:
             raise StopReceiving
+
+    def _on_quick_stop_signal(self, signum: int, frame: Any) -> None:
+        """Quick stop: abandon the handler; its message reappears after the visibility
+        timeout. Pending deletes are still flushed on the way out."""
+        self.stop_requested = True
+        raise SystemExit(EXIT_OK)
 
     def _recycle_reason(self) -> str:
         if self.recycle_after and self.handled >= self.recycle_after:

@@ -193,7 +193,7 @@ class ControlPlane:
         }
         queues = {
             name: {k: list(v) if isinstance(v, tuple) else v for k, v in as_dict(queue).items()}
-            for name, queue in self.master.queue_settings(settings).items()
+            for name, queue in self.master.queues.items()
         }
         return {"ok": True, "sqsd": daemon, "queues": queues}
 
