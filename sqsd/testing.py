@@ -195,7 +195,7 @@ class MemoryQueue:
         delay_seconds: int = 0,
     ) -> _Stored:
         stored = _Stored(
-            seq=self.backend.next_seq(),
+            seq=self.backend._next_seq(),
             id=str(uuid.uuid4()),
             body=body,
             attributes=attributes,
@@ -291,12 +291,12 @@ class Queues:
         registration = REGISTRY.get(name)
         return registration.message_class if registration else Message
 
-    def next_seq(self) -> int:
+    def _next_seq(self) -> int:
         return next(self._seq)
 
     # -- sending ------------------------------------------------------------------------
 
-    def record(self, name: str, suffix: str, params: dict[str, Any]) -> _Stored:
+    def _record(self, name: str, suffix: str, params: dict[str, Any]) -> _Stored:
         """Store a SendMessage call (``params`` as boto3 gets them); FIFO duplicates of a
         deduplication id (or, content-based, of a body) return the first message."""
         queue = self[name, suffix]
@@ -320,7 +320,7 @@ class Queues:
             log.info("sent %s to %s: %.200s", stored.id, queue.url_name, body)
         return stored
 
-    def deliver_sent(self, name: str, suffix: str, stored: _Stored) -> None:
+    def _deliver_sent(self, name: str, suffix: str, stored: _Stored) -> None:
         """Eager mode: run the receiver of a message just sent, unless its FIFO group waits
         behind an earlier message or the send came from a handler of the same queue (that
         message waits for ``run_pending()``, so a handler that re-sends cannot recurse)."""
@@ -484,13 +484,13 @@ class _MemoryProducer(Producer):
         message_id = super().send(queue_name, message, suffix=suffix, **options)
         stored = self._last
         if stored is not None:
-            self.backend.deliver_sent(queue_name, suffix or "", stored)
+            self.backend._deliver_sent(queue_name, suffix or "", stored)
         return message_id
 
     def send_message(self, **params: Any) -> dict[str, Any]:
         """The boto3 call, answered from memory."""
         name, suffix = self._target
-        self._last = self.backend.record(name, suffix, params)
+        self._last = self.backend._record(name, suffix, params)
         return {"MessageId": self._last.id}
 
 
