@@ -38,6 +38,7 @@ from sqsd.worker import Worker, WorkerSpec
 CRASH_BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0  # a worker up this long resets its crash backoff
 FATAL_AFTER = 8  # consecutive failures before a program is given up until reload
+QUICK_STOP_GRACE = 3.0  # seconds a quick stop leaves workers to flush their deletes
 KILL_AFTER_ABORT = 5.0  # seconds between SIGABRT (stack dump) and SIGKILL of a hung worker
 SILENCE_MARGIN = 30.0
 LOOP_TICK = 1.0
@@ -159,7 +160,8 @@ class Master:
         self.manage_workers()
 
     def cleanup(self) -> None:
-        self.notifier.send("STOPPING=1")
+        if not self.stopping_since:
+            self.notifier.send("STOPPING=1")
         if self.control is not None:
             self.control.close()
         signal.set_wakeup_fd(-1)
@@ -187,7 +189,7 @@ class Master:
                 action()
 
     def next_timeout(self) -> float:
-        timeout = LOOP_TICK
+        timeout = min(LOOP_TICK, self.notifier.watchdog_interval or LOOP_TICK)
         now = time.monotonic()
         for when, _ in self.timers:
             timeout = min(timeout, max(0.0, when - now))
@@ -251,7 +253,7 @@ class Master:
             self.log.info("stopping", quick=quick, graceful_timeout=timeout, reason=reason or None)
         if quick and not self.quick:
             self.quick = True
-            self.graceful_deadline = now
+            self.graceful_deadline = min(self.graceful_deadline, now + QUICK_STOP_GRACE)
         for program in self.programs.values():
             program.retired = True
             if program.worker is not None:
@@ -302,6 +304,12 @@ class Master:
         if settings.socket != self.settings.socket:
             self.log.warning("socket changes need a restart; keeping", socket=self.settings.socket)
             settings = _replace_socket(settings, self.settings.socket)
+        daemon_changed = worker_environment(settings) != worker_environment(self.settings)
+        if (settings.log_format, settings.log_level) != (
+            self.settings.log_format,
+            self.settings.log_level,
+        ):
+            logs.configure(settings.log_format, settings.log_level)
         self.settings = settings
         self.queues = queues
         self.scale_overrides.clear()
@@ -310,13 +318,15 @@ class Master:
             if new is None:
                 program.retired = True
                 self.stop_worker(program, reason="removed by reload")
-            elif new.spec != program.spec:
+            elif new.spec != program.spec or daemon_changed:
                 program.spec = new.spec
                 program.failures = 0
                 program.respawn_now = True
                 if program.worker is not None:
                     self.stop_worker(program, reason="settings changed by reload")
-            elif program.state == "fatal":
+                elif program.state in ("fatal", "exited", "backoff"):
+                    program.state = "starting"
+            elif program.state in ("fatal", "backoff"):
                 program.state, program.failures = "starting", 0
         self.programs.update(wanted)
         self.log.info("configuration reloaded", workers=len(self.active_programs()))
@@ -547,7 +557,7 @@ class Master:
                 program.state = "starting"
                 log.warning("worker crashed; restarting")
             else:
-                delay = min(CRASH_BACKOFF_MAX, 2.0 ** (program.failures - 2))
+                delay = min(CRASH_BACKOFF_MAX, 2.0 ** (program.failures - 1))
                 program.state = "backoff"
                 program.next_start = now + delay * random.uniform(0.9, 1.1)
                 log.warning(
@@ -558,8 +568,13 @@ class Master:
     def check_all_fatal(self) -> None:
         active = self.active_programs()
         if active and all(p.state in ("fatal", "exited") for p in active):
-            fatal = any(p.state == "fatal" for p in active)
-            self.exit_code = 1 if fatal else EXIT_OK
+            fatal = [p for p in active if p.state == "fatal"]
+            if not fatal:
+                self.exit_code = EXIT_OK
+            elif all(p.last_exit and "exit 78" in p.last_exit for p in fatal):
+                self.exit_code = EXIT_CONFIG  # systemd's RestartPreventExitStatus=78 applies
+            else:
+                self.exit_code = 1
             self.begin_stop(quick=False, reason="every queue is fatal" if fatal else "all done")
 
     def murder_workers(self) -> None:
@@ -625,12 +640,24 @@ class Master:
         running = sum(1 for p in self.programs.values() if p.worker is not None)
         fatal = sum(1 for p in self.programs.values() if p.state == "fatal")
         backoff = sum(1 for p in self.programs.values() if p.state == "backoff")
-        status = f"{running} workers running"
+        status = f"{running} worker{'s' if running != 1 else ''} running"
         if backoff:
             status += f", {backoff} in crash backoff"
         if fatal:
             status += f", {fatal} fatal"
         self.notifier.status(status)
+
+
+def worker_environment(settings: Settings) -> tuple[Any, ...]:
+    """The daemon-wide keys a running worker was started with: a reload that changes
+    them restarts every worker."""
+    return (
+        settings.region,
+        settings.endpoint_url,
+        settings.create_queues,
+        settings.failed_log,
+        settings.queue_prefix,
+    )
 
 
 def hang_reason(queue: QueueSettings, view: scoreboard.SlotView, now: float) -> str:

@@ -37,6 +37,8 @@ class Producer:
         self._client: Any = None
         self._client_pid = 0
         self._urls: dict[str, str] = {}
+        # $SQSD_SOCKET points clients at another daemon, as it does for sqsctl.
+        self.socket_path = os.environ.get("SQSD_SOCKET") or settings.socket
 
     @property
     def client(self) -> Any:
@@ -98,7 +100,7 @@ class Producer:
         except Exception as exc:
             raise SendError(f"could not send to SQS queue {url_name!r}: {exc}") from exc
         if wake and not params.get("DelaySeconds"):
-            sqsd_client.wake(queue_name, suffix, socket_path=self.settings.socket)
+            sqsd_client.wake(queue_name, suffix, socket_path=self.socket_path)
         return response["MessageId"]
 
     def _warn_unknown_suffix(self, queue_name: str, suffix: str) -> None:
