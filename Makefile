@@ -11,14 +11,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check sqsd sqsd_client tests bench etc
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
 	$(PY) etc/demo.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check sqsd sqsd_client tests bench etc
+	$(PY) -m ruff check .
 
 # Benchmarks against fauxqs (figures only, never pass/fail): make bench BENCH_ARGS=--quick
 bench: $(STAMP)

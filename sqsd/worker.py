@@ -71,7 +71,7 @@ class Housekeeper(threading.Thread):
         self.slot = slot
         self.log = log
         self.cond = threading.Condition()
-        self.pending: list[tuple[str, str]] = []  # (message id, receipt handle)
+        self.pending: list[tuple[str, str, int]] = []  # (message id, receipt handle, attempts)
         self.oldest_pending = 0.0
         self.in_hand: dict[str, float] = {}  # receipt handle -> visibility deadline
         self.flush_requested = False
@@ -94,7 +94,7 @@ class Housekeeper(threading.Thread):
             self.in_hand.pop(message.receipt_handle, None)
             if not self.pending:
                 self.oldest_pending = time.monotonic()
-            self.pending.append((message.id, message.receipt_handle))
+            self.pending.append((message.id, message.receipt_handle, 0))
             if len(self.pending) >= 10:
                 self.cond.notify()
 
@@ -139,7 +139,7 @@ class Housekeeper(threading.Thread):
             timeouts.append(soonest - self.visibility_timeout / 2 - now)
         return max(0.0, min(timeouts)) if timeouts else None
 
-    def _take_batch(self) -> list[tuple[str, str]]:
+    def _take_batch(self) -> list[tuple[str, str, int]]:
         due = self.pending and time.monotonic() - self.oldest_pending >= DELETE_FLUSH_AGE
         if not (self.flush_requested or self.stopping or due or len(self.pending) >= 10):
             return []
@@ -148,13 +148,21 @@ class Housekeeper(threading.Thread):
         self.oldest_pending = time.monotonic()
         return batch
 
-    def _delete_batch(self, batch: list[tuple[str, str]]) -> None:
-        entries = [{"Id": str(i), "ReceiptHandle": handle} for i, (_, handle) in enumerate(batch)]
+    def _delete_batch(self, batch: list[tuple[str, str, int]]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": entry[1]} for i, entry in enumerate(batch)]
         try:
             response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
         except Exception as exc:
-            # The messages reappear after their visibility timeout: a duplicate, never a loss.
-            self.log.warning("delete failed", error=str(exc), messages=len(batch))
+            retry = [(mid, handle, tries + 1) for mid, handle, tries in batch if tries + 1 < 3]
+            # Given up: the messages reappear after their visibility timeout, a duplicate
+            # but never a loss.
+            self.log.warning(
+                "delete failed", error=str(exc), messages=len(batch), retrying=len(retry)
+            )
+            with self.cond:
+                if retry and not self.pending:
+                    self.oldest_pending = time.monotonic()
+                self.pending[:0] = retry
             return
         finally:
             self.slot.add(scoreboard.DELETES)
