@@ -313,7 +313,11 @@ class Worker:
                 break
             except Exception as exc:
                 if is_missing_queue(exc):
-                    self.log.error("queue does not exist", queue_name=str(exc))
+                    missing = self.spec.dead_letter_name if self.url else self.spec.url_name
+                    self.log.error(
+                        "queue does not exist; create it or set create_queues = true",
+                        sqs_queue=missing,
+                    )
                     raise MissingQueue from exc
                 self._sleep_after_error(exc)
         self.error_sleep = 0.0

@@ -228,7 +228,12 @@ class ControlPlane:
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         master = self.master
-        workers = [self.worker_status(p, now) for p in master.programs.values() if not p.retired]
+        # Retired programs still finishing a message show as "stopping" until they exit.
+        workers = [
+            self.worker_status(p, now)
+            for p in master.programs.values()
+            if not p.retired or p.worker is not None
+        ]
         queues = []
         for (queue, suffix), processes in master.process_counts().items():
             url_name = master.settings.queue_url_name(queue, suffix)

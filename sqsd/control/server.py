@@ -213,7 +213,7 @@ class ControlServer:
 
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        if len(self._connections) >= self._max_connections:
+        if len(self._connections) >= self._max_connections and not self._evict_idlest():
             with contextlib.suppress(OSError):
                 sock.send(protocol.encode(protocol.error("too many connections")), _SEND_FLAGS)
             sock.close()
@@ -222,6 +222,15 @@ class ControlServer:
         self._connections.add(conn)
         # A client usually sends its request right after connecting: answer it now.
         conn.on_ready()
+
+    def _evict_idlest(self) -> bool:
+        """At the cap, make room by closing the connection idle longest (one with no
+        request in progress), so idle clients can never lock out a new one."""
+        idle = [conn for conn in self._connections if not conn.busy]
+        if not idle:
+            return False
+        min(idle, key=lambda conn: conn.last_active).close()
+        return True
 
     def _forget(self, conn: "Connection") -> None:
         self._connections.discard(conn)

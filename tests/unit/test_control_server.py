@@ -236,7 +236,9 @@ def test_client_that_does_not_read_is_closed(
     assert harness.connect().request({"cmd": "ping"})["pong"]
 
 
-def test_connections_over_the_limit_are_refused(make_harness: Callable[..., Harness]) -> None:
+def test_at_the_limit_the_longest_idle_connection_makes_room(
+    make_harness: Callable[..., Harness],
+) -> None:
     h = make_harness(max_connections=2)
     first, second = h.connect(), h.connect()
     assert first.request({"cmd": "ping"})["pong"]
@@ -244,13 +246,24 @@ def test_connections_over_the_limit_are_refused(make_harness: Callable[..., Harn
     first_conn = h.seen[0]
 
     third = h.connect()
+    assert third.request({"cmd": "ping"})["pong"]
+    assert first_conn.closed
+    first.wait_closed()
+    assert second.request({"cmd": "ping"})["pong"]
+
+
+def test_connections_over_the_limit_are_refused_when_none_is_idle(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness(max_connections=2)
+    first, second = h.connect(), h.connect()
+    first.send(b'{"cmd":"later"}\n')
+    second.send(b'{"cmd":"later"}\n')
+    h.until(lambda: len(h.seen) == 2 and all(conn.busy for conn in h.seen))
+
+    third = h.connect()
     assert third.read_line() == {"ok": False, "error": "too many connections"}
     third.wait_closed()
-    assert first.request({"cmd": "ping"})["pong"]
-
-    first.sock.close()
-    h.until(lambda: first_conn.closed)
-    assert h.connect().request({"cmd": "ping"})["pong"]
 
 
 def test_idle_connections_are_closed_on_tick(harness: Harness) -> None:
