@@ -121,6 +121,8 @@ class Master:
         self.notifier = notify.Notifier()
         self.fd_closers: list[Callable[[], None]] = []  # run in every forked child
         self.timers: list[tuple[float, Callable[[], None]]] = []
+        self.poked = False  # the wanted set changed: supervise at the next turn
+        self.supervised = 0.0  # when supervision last ran
         self._signal_r, self._signal_w = socket.socketpair()
         self.queues = self.queue_settings(self.settings)
         self.fd_closers.append(self.notifier.close)
@@ -168,14 +170,23 @@ class Master:
         self.selector.close()
 
     def loop_once(self) -> None:
-        for key, _ in self.selector.select(self.next_timeout()):
+        events = self.selector.select(self.next_timeout())
+        for key, _ in events:
             key.data()
+        if self.timers:
+            self.run_timers()
+        now = time.monotonic()
+        # A turn that only served control clients (a wake-up flood, say) leaves supervision
+        # to its own pace: signals, pokes, a quiet select or a tick's worth of time.
+        if events and not (self.signal_queue or self.poked) and now - self.supervised < LOOP_TICK:
+            return
+        self.poked = False
+        self.supervised = now
         self.handle_signals()
         self.reap_workers()
         self.murder_workers()
         self.manage_workers()
-        self.run_timers()
-        self.control.tick(time.monotonic())
+        self.control.tick(now)
         self.report_health()
         if self.stopping_since:
             self.check_stopped()
@@ -242,6 +253,7 @@ class Master:
 
     def begin_stop(self, *, quick: bool, reason: str = "") -> None:
         """Graceful: workers finish their message and give the rest back. Quick: SIGQUIT."""
+        self.poked = True
         now = time.monotonic()
         if not self.stopping_since:
             self.stopping_since = now
@@ -329,6 +341,7 @@ class Master:
             elif program.state in ("fatal", "backoff"):
                 program.state, program.failures = "starting", 0
         self.programs.update(wanted)
+        self.poked = True
         self.log.info("configuration reloaded", workers=len(self.active_programs()))
         self.notifier.send("READY=1")
         return None
@@ -348,6 +361,7 @@ class Master:
                 self.stop_worker(program, reason="scaled down")
         for key, program in wanted.items():
             self.programs.setdefault(key, program)
+        self.poked = True
         return processes
 
     def scale_all(self, delta: int) -> None:

@@ -134,8 +134,8 @@ class ControlPlane:
         queue, suffix = _string(request, "queue"), request.get("suffix")
         if suffix is not None and not isinstance(suffix, str):
             raise ValueError("suffix must be a string or null")
-        known = self.master.process_counts()
-        if not any(q == queue and (suffix is None or s == (suffix or "")) for q, s in known):
+        settings = self.master.queues.get(queue)
+        if settings is None or (suffix is not None and (suffix or "") not in settings.suffixes):
             raise KeyError(f"unknown queue {queue!r}" + (f" suffix {suffix!r}" if suffix else ""))
         woken = self.master.wake(queue, None if suffix is None else suffix or "")
         return {"ok": True, "woken": woken}
