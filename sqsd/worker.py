@@ -29,6 +29,7 @@ from sqsd.producer import encode_attributes, max_sqs_delay
 from sqsd.sqs import ensure_queue, is_missing_queue, make_client
 
 DELETE_FLUSH_AGE = 1.0  # seconds a finished message may wait for a fuller delete batch
+FLUSH_WAIT_MAX = 30.0
 ERROR_BACKOFF_MAX = 30.0
 RETRY_DELAY_BASE = 5  # RestartLater without delay: 5 s, 10 s, 20 s, ... per receive
 RETRY_DELAY_MAX = 900
@@ -75,6 +76,7 @@ class Housekeeper(threading.Thread):
         self.oldest_pending = 0.0
         self.in_hand: dict[str, float] = {}  # receipt handle -> visibility deadline
         self.flush_requested = False
+        self.deleting = False  # a batch taken from pending is being deleted
         self.stopping = False
 
     def hold(self, messages: list[Message], received_at: float) -> None:
@@ -82,7 +84,7 @@ class Housekeeper(threading.Thread):
         with self.cond:
             for message in messages:
                 self.in_hand[message.receipt_handle] = deadline
-            self.cond.notify()
+            self.cond.notify_all()
 
     def release(self, message: Message) -> None:
         with self.cond:
@@ -96,20 +98,23 @@ class Housekeeper(threading.Thread):
                 self.oldest_pending = time.monotonic()
             self.pending.append((message.id, message.receipt_handle, 0))
             if len(self.pending) >= 10:
-                self.cond.notify()
+                self.cond.notify_all()
 
-    def flush(self) -> None:
-        """Ask for pending deletes to go out now (end of a batch)."""
+    def flush(self, *, wait: bool = False) -> None:
+        """Ask for pending deletes to go out now (end of a batch); with ``wait``, return
+        once they are done (FIFO: a group stays locked until its messages are deleted)."""
         with self.cond:
             if self.pending:
                 self.flush_requested = True
-                self.cond.notify()
+                self.cond.notify_all()
+            if wait:
+                self.cond.wait_for(lambda: not (self.pending or self.deleting), FLUSH_WAIT_MAX)
 
     def stop(self) -> None:
         """Flush what is pending and end the thread; returns when it is done."""
         with self.cond:
             self.stopping = True
-            self.cond.notify()
+            self.cond.notify_all()
         self.join()
 
     def run(self) -> None:
@@ -119,9 +124,13 @@ class Housekeeper(threading.Thread):
                     # Woken by new work or a change of deadlines: recompute and go round.
                     self.cond.wait(self._next_timeout())
                 batch = self._take_batch()
+                self.deleting = bool(batch)
                 stopping = self.stopping and not self.pending
             if batch:
                 self._delete_batch(batch)
+                with self.cond:
+                    self.deleting = False
+                    self.cond.notify_all()
             self._extend_due()
             if stopping and not batch:
                 return
@@ -440,7 +449,7 @@ class Worker:
             kept = self._process(message)
             if kept and group is not None:
                 blocked_groups.add(group)
-        housekeeper.flush()
+        housekeeper.flush(wait=self.queue.fifo)
 
     def _process(self, message: Message) -> bool:
         """Handle one message; True when it stays in the queue (FIFO order must wait)."""

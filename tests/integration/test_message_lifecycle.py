@@ -177,6 +177,24 @@ def test_fifo_group_keeps_order_after_restart_later(harness):
     harness.wait_for(lambda: harness.depth("orders.fifo") == 0, what="queue empty")
 
 
+def test_fifo_group_is_unlocked_before_the_next_long_poll(harness):
+    # A FIFO group stays locked until its received messages are deleted; a long poll
+    # issued before the deletes land would not see the group's next messages until it
+    # times out (regression: three messages of one group took over 20 s).
+    harness.start({"orders.fifo": {"receiver": BASIC_RECEIVER}},
+                  defaults={"wait_time_seconds": 10, "idle_sleep_max": 0})
+    url = harness.queue_url("orders.fifo")
+    for tag in ("c1", "c2", "c3"):
+        harness.sqs.send_message(QueueUrl=url, MessageBody=f"ok|{tag}", MessageGroupId="g",
+                                 MessageDeduplicationId=tag)
+
+    harness.wait_for(lambda: len(harness.records(outcome="ok")) == 3, timeout=8,
+                     what="the whole group handled well within one long poll")
+
+    order = [r["body"].partition("|")[2] for r in harness.records("start")]
+    assert order == ["c1", "c2", "c3"]
+
+
 
 def test_after_message_hook_runs_after_each_handled_message(harness):
     harness.start({"basic": {"receiver": BASIC_RECEIVER,
