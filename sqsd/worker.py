@@ -82,9 +82,11 @@ class Housekeeper(threading.Thread):
     def hold(self, messages: list[Message], received_at: float) -> None:
         deadline = received_at + self.visibility_timeout
         with self.cond:
+            was_empty = not self.in_hand
             for message in messages:
                 self.in_hand[message.receipt_handle] = deadline
-            self.cond.notify_all()
+            if was_empty:  # otherwise the thread already wakes before this later deadline
+                self.cond.notify_all()
 
     def release(self, message: Message) -> None:
         with self.cond:

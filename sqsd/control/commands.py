@@ -26,7 +26,6 @@ from sqsd_client.protocol import PROTOCOL_VERSION, error
 if TYPE_CHECKING:
     from sqsd.master import Master, Program
 
-DEPTH_MAX_AGE = 5.0  # seconds a cached queue depth is served without a refresh
 FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before answering
 WAIT_CHECK_INTERVAL = 1.0
 PRIVILEGED = frozenset({"clear", "reload", "scale", "shutdown", "config"})
@@ -101,7 +100,7 @@ class ControlPlane:
         due = now - self.last_wait_check >= WAIT_CHECK_INTERVAL
         if self.waiters and due and self.depth_query is None:
             self.last_wait_check = now
-            self.refresh_depths(self.check_waiters, force=True)
+            self.refresh_depths(self.check_waiters)
         for waiter in [w for w in self.waiters if now >= w.deadline]:
             self.waiters.remove(waiter)
             waiter.conn.reply({"ok": False, "error": "timeout", "timeout": True})
@@ -142,8 +141,7 @@ class ControlPlane:
 
     def cmd_status(self, request: dict[str, Any], conn: Connection) -> dict[str, Any] | None:
         if not request.get("fresh"):
-            self.refresh_depths()
-            return self.status()
+            return self.status()  # cached depths only: monitors polling status cost no SQS calls
         deadline = time.monotonic() + FRESH_STATUS_WAIT
         replied = False
 
@@ -153,7 +151,7 @@ class ControlPlane:
                 replied = True
                 conn.reply(self.status())
 
-        self.refresh_depths(answer, force=True)
+        self.refresh_depths(answer)
         self.later(deadline, answer)
         return None
 
@@ -308,15 +306,10 @@ class ControlPlane:
 
     # -- queries in child processes -----------------------------------------------------
 
-    def refresh_depths(
-        self, then: Callable[[], None] | None = None, *, force: bool = False
-    ) -> None:
-        """Refresh cached queue depths in a child when stale; ``then`` runs when done."""
-        if then is not None:
-            self.depth_listeners.append(then)
+    def refresh_depths(self, then: Callable[[], None]) -> None:
+        """Fetch queue depths in a child (joining one under way); ``then`` runs when done."""
+        self.depth_listeners.append(then)
         if self.depth_query is not None:
-            return
-        if not force and time.monotonic() - self.depths_at < DEPTH_MAX_AGE:
             return
         url_names = self.url_names([])
         settings = self.master.settings
@@ -455,9 +448,18 @@ def _string(request: dict[str, Any], key: str) -> str:
 
 def _rss(pid: int) -> int | None:
     try:
-        return psutil.Process(pid).memory_info().rss
+        process = _processes.get(pid)
+        if process is None:
+            if len(_processes) > 4096:
+                _processes.clear()
+            process = _processes[pid] = psutil.Process(pid)
+        return process.memory_info().rss
     except psutil.Error:
+        _processes.pop(pid, None)
         return None
+
+
+_processes: dict[int, psutil.Process] = {}  # reused across status calls
 
 
 def _without_credentials(url: str) -> str:
