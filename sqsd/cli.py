@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -68,6 +69,9 @@ def run(
     config_path: str, queues: tuple[str, ...], suffix: str | None, message_limit: int, local: bool
 ) -> None:
     """Run the master and its workers in the foreground."""
+    # Until the master takes over its signals, a stop request ends start-up cleanly.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_during_startup)
     from sqsd import logs
     from sqsd.control.server import SocketInUse
     from sqsd.local import LocalEndpoint, environment_for_children
@@ -105,6 +109,10 @@ def run(
         if endpoint is not None:
             endpoint.stop()
     sys.exit(code)
+
+
+def _exit_during_startup(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @sqsd_main.command()
@@ -232,20 +240,8 @@ def clear(ctx: click.Context, queues: tuple[str, ...], yes: bool, purge: bool) -
         target = ", ".join(queues) or "ALL queues"
         click.confirm(f"Delete every message in {target}?", abort=True)
     reply = call(ctx, "clear", queues=list(queues), purge=purge, socket_timeout=600)
-    lines = []
-    failed = False
-    for name, result in reply["queues"].items():
-        if "error" in result:
-            failed = True
-            lines.append(f"{name}: {result['error']}")
-        else:
-            count = result.get("purged", result.get("deleted", 0))
-            verb = "purged" if purge else "deleted"
-            lines.append(
-                f"{name}: {count} {verb}, {result.get('in_flight', 0)} in flight (not touched)"
-            )
-    emit(ctx, reply, "\n".join(lines))
-    if failed:
+    emit(ctx, reply, render_clear(reply, purge))
+    if any("error" in result for result in reply["queues"].values()):
         sys.exit(EXIT_FAILED)
 
 
@@ -294,6 +290,20 @@ def scale(ctx: click.Context, target: str, processes: int) -> None:
     queue, _, suffix = target.partition(":")
     reply = call(ctx, "scale", queue=queue, suffix=suffix or None, processes=processes)
     emit(ctx, reply, f"{target}: {reply['processes']} processes")
+
+
+def render_clear(reply: dict[str, Any], purge: bool) -> str:
+    """One line per queue: what was deleted (or purged) and what stayed in flight."""
+    lines = []
+    verb = "purged" if purge else "deleted"
+    for name, result in reply["queues"].items():
+        if "error" in result:
+            lines.append(f"{name}: {result['error']}")
+        else:
+            count = result.get("purged", result.get("deleted", 0))
+            in_flight = result.get("in_flight", 0)
+            lines.append(f"{name}: {count} {verb}, {in_flight} in flight (not touched)")
+    return "\n".join(lines)
 
 
 def render_status(status: dict[str, Any]) -> str:

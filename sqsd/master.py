@@ -385,7 +385,8 @@ class Master:
         registered = [
             name
             for name, registration in REGISTRY.items()
-            if name not in settings.queues and _imported_by(registration.module, settings.imports)
+            if name not in settings.queues
+            and (name in IMPORTED_QUEUES or _imported_by(registration.module, settings.imports))
         ]
         names = list(settings.queues) + registered
         if self.only_queues:
@@ -706,8 +707,10 @@ def describe_exit(code: int) -> str:
 
 
 def import_receivers(settings: Settings) -> None:
-    """Import ``[sqsd] imports`` so their decorators register queues (preload, before fork)."""
+    """Import ``[sqsd] imports`` so their decorators register queues (preload, before fork).
+    Queues registered while they import (by modules they import in turn) count too."""
     for module in settings.imports:
+        before = set(REGISTRY)
         try:
             importlib.import_module(module)
         except Exception as exc:
@@ -715,6 +718,10 @@ def import_receivers(settings: Settings) -> None:
                 f"{settings.path}: [sqsd] imports: cannot import {module!r}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        IMPORTED_QUEUES.update(set(REGISTRY) - before)
+
+
+IMPORTED_QUEUES: set[str] = set()  # registered while an `imports` module was imported
 
 
 def resolve_reference(settings: Settings, queue: QueueSettings, key: str) -> Any:

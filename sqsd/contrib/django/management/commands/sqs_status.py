@@ -1,0 +1,16 @@
+"""``manage.py sqs_status``: the daemon's workers and queues, as ``sqsctl status`` shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqsd.cli import render_status
+from sqsd.contrib.django.management import ControlCommand
+
+
+class Command(ControlCommand):
+    help = "Show the sqsd daemon's workers, their states and counters, and queue depths."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        reply = self.call(options, "status", fresh=True)
+        self.emit(options, reply, render_status(reply))
