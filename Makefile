@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test chaos demo lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
+
+# The reliability suite with the issue's full numbers (the short form runs in `make test`);
+# figures in tests/chaos/last-run.json.
+chaos: $(STAMP)
+	SQSD_CHAOS=long $(PY) -m pytest -q tests/chaos
 
 demo: $(STAMP)
 	$(PY) etc/demo.py

@@ -30,6 +30,7 @@ from sqsd import config as config_module
 from sqsd import logs, notify, scoreboard
 from sqsd.config import QueueSettings, Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, ConfigError
+from sqsd.givebacks import GiveBacks
 from sqsd.message import Message
 from sqsd.registry import REGISTRY
 from sqsd.sqs import READ_TIMEOUT_MARGIN
@@ -111,6 +112,7 @@ class Master:
         self.started = time.monotonic()
         self.selector = selectors.DefaultSelector()
         self.scoreboard = scoreboard.Scoreboard()
+        self.givebacks = GiveBacks()
         self.signal_queue: list[int] = []
         self.stopping_since = 0.0
         self.graceful_deadline = 0.0
@@ -330,7 +332,9 @@ class Master:
             if new is None:
                 program.retired = True
                 self.stop_worker(program, reason="removed by reload")
-            elif new.spec != program.spec or daemon_changed:
+                continue
+            program.retired = False  # wanted again while an earlier change was stopping it
+            if new.spec != program.spec or daemon_changed:
                 program.spec = new.spec
                 program.failures = 0
                 program.respawn_now = True
@@ -360,7 +364,7 @@ class Master:
                 program.retired = True
                 self.stop_worker(program, reason="scaled down")
         for key, program in wanted.items():
-            self.programs.setdefault(key, program)
+            self.programs.setdefault(key, program).retired = False
         self.poked = True
         return processes
 
@@ -510,6 +514,7 @@ class Master:
             spec,
             self.settings,
             slot=slot,
+            givebacks=self.givebacks,
             wake_fd=wake_fd,
             master_pid=self.pid,
             message_limit=self.message_limit,
@@ -536,6 +541,8 @@ class Master:
         assert worker is not None
         program.worker = None
         os.close(worker.wake_fd)
+        counters = worker.slot.read().counters
+        finished_messages = counters["processed"] + counters["failed"] + counters["retried"]
         self.scoreboard.release(worker.slot)
         now = time.monotonic()
         uptime = now - worker.started
@@ -560,7 +567,9 @@ class Master:
             program.state = "starting"
             log.info("worker exited; replacing")
         else:
-            if uptime >= STABLE_AFTER:
+            # A worker that finished messages before crashing (one poison message among
+            # good ones) is not in a crash loop: restart it at once, never give up on it.
+            if uptime >= STABLE_AFTER or finished_messages:
                 program.failures = 0
             program.failures += 1
             if program.failures >= FATAL_AFTER:

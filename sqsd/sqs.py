@@ -79,5 +79,6 @@ def ensure_queue(client: Any, url_name: str, queue: QueueSettings, *, create: bo
 
 def is_missing_queue(exc: BaseException) -> bool:
     """True for SQS's 'queue does not exist' in either protocol's spelling."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    # Connection errors carry no response (None), only service errors do.
+    code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "")
     return code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")

@@ -24,6 +24,7 @@ import setproctitle
 from sqsd import logs, scoreboard
 from sqsd.config import QueueSettings, Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, RestartLater
+from sqsd.givebacks import GiveBacks
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
 from sqsd.producer import encode_attributes, max_sqs_delay
 from sqsd.sqs import ensure_queue, is_missing_queue, make_client
@@ -215,6 +216,7 @@ class Worker:
         settings: Settings,
         *,
         slot: scoreboard.Slot,
+        givebacks: GiveBacks,
         wake_fd: int,
         master_pid: int,
         message_limit: int = 0,
@@ -223,6 +225,7 @@ class Worker:
         self.queue = spec.queue
         self.settings = settings
         self.slot = slot
+        self.givebacks = givebacks
         self.wake_fd = wake_fd
         self.master_pid = master_pid
         self.log = logs.get("sqsd.worker", queue=spec.queue.name, suffix=spec.suffix)
@@ -460,9 +463,25 @@ class Worker:
         attrs = message.raw.get("MessageAttributes")
         if attrs and NOT_BEFORE_ATTRIBUTE in attrs and self._redelay(message):
             return False
-        if message.receive_count > self.queue.max_retries + 1:
-            self._dead_letter(message, f"received {message.receive_count} times (max_retries)")
-            return False
+        given_back = self.givebacks.count(message.id) if message.receive_count > 1 else 0
+        if message.receive_count - given_back > self.queue.max_retries + 1:
+            reason = f"received {message.receive_count} times (max_retries)"
+            if given_back:
+                reason += f", {given_back} of them given back unstarted"
+            if self._dead_letter(message, reason):
+                self.givebacks.forget(message.id)
+                return False
+            housekeeper.release(message)  # stays in the queue: no heartbeat keeps it hidden
+            return True
+        kept = self._handle(message)
+        if given_back and not kept:
+            self.givebacks.forget(message.id)
+        return kept
+
+    def _handle(self, message: Message) -> bool:
+        """Call the handler and act on its outcome; True when the message stays queued."""
+        housekeeper = self.housekeeper
+        assert housekeeper is not None
         if self.queue.delete_on_start and not self._delete_now(message):
             return True
         self.slot.start_message(message.id)
@@ -538,7 +557,7 @@ class Worker:
         """Move to the dead-letter queue, or log the body and delete when there is none.
         False when the message could not be moved (it stays in the queue)."""
         if not self.dead_letter_url:
-            self.failed_log.write(
+            recorded = self.failed_log.write(
                 queue=self.queue.name,
                 suffix=self.spec.suffix,
                 message_id=message.id,
@@ -546,6 +565,8 @@ class Worker:
                 error=reason,
                 body=message.body,
             )
+            if not recorded:  # the body's only other copy: keep the message
+                return False
             self.log.warning("dropping message", message_id=message.id, reason=reason)
             return self._delete_now(message)
         attributes = dict(message.raw.get("MessageAttributes", {}))
@@ -643,6 +664,7 @@ class Worker:
         assert self.housekeeper is not None
         for message in messages:
             self.housekeeper.release(message)
+            self.givebacks.add(message.id)
         for start in range(0, len(messages), 10):
             chunk = messages[start : start + 10]
             entries = [

@@ -67,7 +67,7 @@ def open_listener(
         if gid is not None:
             os.chown(temp, -1, gid)
         # Listen before the rename: once the name is visible, connects must succeed.
-        sock.listen(128)
+        sock.listen(1024)  # as sqsd.socket's Backlog: a burst of wake-ups waits, not fails
         sock.setblocking(False)
         os.rename(temp, path)
     except BaseException:
@@ -149,7 +149,7 @@ class ControlServer:
         self._unlink_path = unlink_path
         self._max_connections = max_connections
         self._idle_timeout = idle_timeout
-        self._connections: set[Connection] = set()
+        self._connections: dict[Connection, None] = {}  # in order of arrival
         self._accepting = False
         self._start_accepting()
 
@@ -213,27 +213,28 @@ class ControlServer:
 
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        if len(self._connections) >= self._max_connections and not self._evict_idlest():
+        if len(self._connections) >= self._max_connections and not self._evict_oldest_idle():
             with contextlib.suppress(OSError):
                 sock.send(protocol.encode(protocol.error("too many connections")), _SEND_FLAGS)
             sock.close()
             return
         conn = Connection(self, sock)
-        self._connections.add(conn)
+        self._connections[conn] = None
         # A client usually sends its request right after connecting: answer it now.
         conn.on_ready()
 
-    def _evict_idlest(self) -> bool:
-        """At the cap, make room by closing the connection idle longest (one with no
-        request in progress), so idle clients can never lock out a new one."""
-        idle = [conn for conn in self._connections if not conn.busy]
-        if not idle:
-            return False
-        min(idle, key=lambda conn: conn.last_active).close()
-        return True
+    def _evict_oldest_idle(self) -> bool:
+        """At the cap, make room by closing the oldest connection with no request in
+        progress, so idle clients can never lock out a new one. Oldest first keeps this
+        O(1) in a connection flood."""
+        for conn in self._connections:
+            if not conn.busy:
+                conn.close()
+                return True
+        return False
 
     def _forget(self, conn: "Connection") -> None:
-        self._connections.discard(conn)
+        self._connections.pop(conn, None)
 
 
 class Connection:
