@@ -308,6 +308,9 @@ class Worker:
     def _set_state(self, state: str, *, idle_until: float = 0.0) -> None:
         """Publish the state to the master's scoreboard and to the process title."""
         self.slot.set_state(state, idle_until=idle_until)
+        self._set_title(state)
+
+    def _set_title(self, state: str) -> None:
         title = f"sqsd: worker {self.spec.label} {state} {self.handled} done"
         if title != self.title:
             self.title = title
@@ -442,6 +445,7 @@ class Worker:
         housekeeper = self.housekeeper
         assert housekeeper is not None
         housekeeper.hold(messages, received_at)
+        self._set_title("busy")  # once a batch: the scoreboard has the per-message detail
         blocked_groups: set[str] = set()
         for position, message in enumerate(messages):
             if self.stop_requested:
