@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import setproctitle
@@ -317,7 +317,7 @@ class Master:
             return str(exc)
         if settings.socket != self.settings.socket:
             self.log.warning("socket changes need a restart; keeping", socket=self.settings.socket)
-            settings = _replace_socket(settings, self.settings.socket)
+            settings = replace(settings, socket=self.settings.socket)
         daemon_changed = worker_environment(settings) != worker_environment(self.settings)
         if (settings.log_format, settings.log_level) != (
             self.settings.log_format,
@@ -401,7 +401,7 @@ class Master:
             options = registration.options if registration else None
             queue = settings.queue_settings(name, options)
             if self.only_suffix is not None:
-                queue = _replace_suffixes(queue, (self.only_suffix,))
+                queue = replace(queue, suffixes=(self.only_suffix,))
             result[name] = queue
         return result
 
@@ -781,14 +781,3 @@ def _imported_by(module: str, imports: tuple[str, ...]) -> bool:
     """Registrations count when their module is listed in ``imports`` (or is inside one)."""
     return any(module == name or module.startswith(name + ".") for name in imports)
 
-
-def _replace_suffixes(queue: QueueSettings, suffixes: tuple[str, ...]) -> QueueSettings:
-    from dataclasses import replace
-
-    return replace(queue, suffixes=suffixes)
-
-
-def _replace_socket(settings: Settings, socket_path: str) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, socket=socket_path)
