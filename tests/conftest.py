@@ -357,6 +357,33 @@ class Daemon:
         return problems
 
 
+def log_events(daemon: Daemon, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines, filtered by event and field values."""
+    found = []
+    for line in daemon.log_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
+            continue
+        if event is not None and entry.get("event") != event:
+            continue
+        if all(entry.get(k) == v for k, v in match.items()):
+            found.append(entry)
+    return found
+
+
+def queue_counts(harness: "Harness", queue: str) -> tuple[int, int]:
+    """(visible, not visible) messages of a queue, straight from SQS."""
+    attributes = harness.sqs.get_queue_attributes(
+        QueueUrl=harness.queue_url(queue),
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (int(attributes["ApproximateNumberOfMessages"]),
+            int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+
+
 # --- per-test harness ----------------------------------------------------------------------
 
 

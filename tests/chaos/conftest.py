@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, child_env
+from conftest import REPO, child_env, log_events  # noqa: F401 - re-exported for scenarios
 
 if str(REPO) not in sys.path:  # tests.receivers, when pytest runs without `python -m`
     sys.path.insert(0, str(REPO))
@@ -216,23 +216,6 @@ def assert_answers_sqsctl_ping(daemon) -> None:
     result = sqsctl(daemon, "ping")
     assert result.returncode == 0, f"sqsctl ping failed ({result.returncode}): {result.stderr}"
     assert "pong" in result.stdout
-
-
-def log_events(daemon, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
-    """The daemon's JSON log lines, filtered by event and field values."""
-    found = []
-    for line in daemon.log_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(entry, dict):
-            continue
-        if event is not None and entry.get("event") != event:
-            continue
-        if all(entry.get(k) == v for k, v in match.items()):
-            found.append(entry)
-    return found
 
 
 def all_workers_running(daemon) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, child_env, wait_for
+from conftest import REPO, child_env, queue_counts, wait_for
 
 import sqsd_client
 
@@ -72,16 +72,6 @@ def send_batch(harness, queue: str, bodies: list[str]) -> None:
                    for i, body in enumerate(bodies[start:start + 10])]
         response = harness.sqs.send_message_batch(QueueUrl=url, Entries=entries)
         assert len(response["Successful"]) == len(entries)
-
-
-def queue_counts(harness, queue: str) -> tuple[int, int]:
-    """(visible, not visible) messages of a queue, straight from SQS."""
-    attributes = harness.sqs.get_queue_attributes(
-        QueueUrl=harness.queue_url(queue),
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]))
 
 
 def connect(daemon, timeout: float = 5.0) -> socket.socket:

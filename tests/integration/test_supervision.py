@@ -4,7 +4,6 @@ that gives messages back, and queues that cannot run ("fatal") beside queues tha
 The daemon's JSON log is read as evidence of what the master did and when.
 """
 
-import json
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from conftest import REPO, child_env
+from conftest import REPO, child_env, log_events, queue_counts
 
 import sqsd_client
 
@@ -34,23 +33,6 @@ def sqsctl(daemon, *args: str) -> subprocess.CompletedProcess:
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=30)
 
 
-def log_events(daemon, event: str | None = None, **match) -> list[dict]:
-    """The daemon's JSON log lines, filtered by event and field values."""
-    found = []
-    for line in daemon.log_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(entry, dict):
-            continue
-        if event is not None and entry.get("event") != event:
-            continue
-        if all(entry.get(k) == v for k, v in match.items()):
-            found.append(entry)
-    return found
-
-
 def at(entry: dict) -> float:
     return datetime.fromisoformat(entry["timestamp"]).timestamp()
 
@@ -64,16 +46,6 @@ def send_batch(harness, queue: str, bodies: list[str]) -> None:
     entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
     response = harness.sqs.send_message_batch(QueueUrl=harness.queue_url(queue), Entries=entries)
     assert len(response["Successful"]) == len(entries)
-
-
-def queue_counts(harness, queue: str) -> tuple[int, int]:
-    """(visible, not visible) messages of a queue, straight from SQS."""
-    attributes = harness.sqs.get_queue_attributes(
-        QueueUrl=harness.queue_url(queue),
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]))
 
 
 # --- crash backoff -------------------------------------------------------------------------

@@ -181,17 +181,10 @@ class ActivatedDaemon(Daemon):
         self._sampler.start()
 
     def shut_down(self) -> list[str]:
-        problems = []
-        if self.proc.poll() is None:
-            try:
-                code = self.terminate()
-                if code != 0:
-                    problems.append(f"sqsd exited with {code} after SIGTERM")
-            except subprocess.TimeoutExpired:
-                problems.append("sqsd did not stop within graceful_timeout + 5 s of SIGTERM")
-        # The file is the test's (systemd's), so the base class must not find it left over.
+        problems = super().shut_down()
+        # The file is the test's (systemd's), so the harness must not find it left over.
         self.socket_path.unlink(missing_ok=True)
-        return problems + super().shut_down()
+        return problems
 
 
 @pytest.fixture
