@@ -20,6 +20,7 @@ DEFAULT_SOCKET = "/run/sqsd/sqsd.sock"
 ON_ERROR_CHOICES = ("delete", "retry", "dead-letter")
 LOG_FORMATS = ("json", "console", "logfmt")
 MAX_VISIBILITY = 43200  # 12 hours, SQS's limit
+MIN_VISIBILITY = 5  # below this the heartbeat cannot keep a running message hidden
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,19 @@ def _endpoint() -> Key:
     return Key(convert, '"" (AWS), "local" (embedded emulator) or an http(s):// URL')
 
 
+def _listen_address() -> Key:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError
+        return value
+
+    return Key(convert, '"" (off) or "HOST:PORT", such as "127.0.0.1:9640"')
+
+
 SQSD_KEYS: dict[str, Key] = {
     "imports": _string_list(),
     "socket": _string(),
@@ -139,13 +153,16 @@ SQSD_KEYS: dict[str, Key] = {
     "log_format": _string(LOG_FORMATS),
     "log_level": _string(("debug", "info", "warning", "error")),
     "failed_log": _string(),
+    "max_workers": _int_range(0, 4096),
+    "metrics_listen": _listen_address(),
+    "sqs_price_per_million": _number(0, 1000),
 }
 
 QUEUE_KEYS: dict[str, Key] = {
     "receiver": _reference(),
     "suffixes": _suffixes(),
     "processes": _int_range(0, 256),
-    "visibility_timeout": _int_range(0, MAX_VISIBILITY),
+    "visibility_timeout": _int_range(MIN_VISIBILITY, MAX_VISIBILITY),
     "wait_time_seconds": _int_range(0, 20),
     "idle_sleep_max": _number(0, 3600),
     "batch_size": _int_range(1, 10),
@@ -160,6 +177,13 @@ QUEUE_KEYS: dict[str, Key] = {
     "max_messages": _int_range(0),
     "max_memory_mb": _int_range(0),
     "hard_timeout": _number(0, 86400),
+    "concurrency": _int_range(1, 1000),
+    "hold_seconds": _number(0, 3600),
+    "max_receives": _int_range(0, 100_000),
+    "max_processes": _int_range(0, 256),
+    "scale_up_interval": _number(0.1, 3600),
+    "scale_down_after": _number(1, 86400),
+    "priority": _int_range(-1000, 1000),
 }
 
 
@@ -186,10 +210,28 @@ class QueueSettings:
     max_messages: int = 0
     max_memory_mb: int = 0
     hard_timeout: float = 0.0
+    concurrency: int = 1
+    hold_seconds: float = 2.0
+    max_receives: int = 0  # 0 = 10 x (max_retries + 1)
+    max_processes: int = 0  # 0 = processes (no autoscaling)
+    scale_up_interval: float = 2.0
+    scale_down_after: float = 60.0
+    priority: int = 0
 
     @property
     def fifo(self) -> bool:
         return self.name.endswith(".fifo")
+
+    @property
+    def receive_limit(self) -> int:
+        """SQS receives after which a message is given up on without calling its handler:
+        the safety net for messages whose handler starts this host never saw."""
+        return self.max_receives or 10 * (self.max_retries + 1)
+
+    @property
+    def process_range(self) -> tuple[int, int]:
+        """(fewest, most) worker processes per suffix; equal when not autoscaling."""
+        return self.processes, max(self.processes, self.max_processes)
 
     @property
     def error_policy(self) -> str:
@@ -214,6 +256,9 @@ class Settings:
     log_format: str = "console"
     log_level: str = "info"
     failed_log: str = ""
+    max_workers: int = 0  # 0 = no limit
+    metrics_listen: str = ""
+    sqs_price_per_million: float = 0.40
     defaults: Mapping[str, Any] = field(default_factory=dict)
     queues: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -231,10 +276,20 @@ class Settings:
             merged.update(validate_table(code_options, QUEUE_KEYS, self.path, where))
         merged.update(self.queues.get(name, {}))
         settings = QueueSettings(name=name, **merged)
+        where = f"{self.path}: [queues.{name}]"
         if settings.on_error == "dead-letter" and not settings.dead_letter_queue:
             raise ConfigError(
-                f"{self.path}: [queues.{name}] on_error: expected a dead_letter_queue "
-                f'to go with "dead-letter"'
+                f'{where} on_error: expected a dead_letter_queue to go with "dead-letter"'
+            )
+        if settings.wait_time_seconds == 0 and settings.idle_sleep_max == 0:
+            raise ConfigError(
+                f"{where} wait_time_seconds: expected 1 or more when idle_sleep_max = 0 "
+                "(both 0 would call ReceiveMessage in a tight loop)"
+            )
+        if settings.max_processes and settings.max_processes < settings.processes:
+            raise ConfigError(
+                f"{where} max_processes: expected 0 (no autoscaling) or at least processes "
+                f"({settings.processes}), got {settings.max_processes}"
             )
         return settings
 

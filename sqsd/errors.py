@@ -8,6 +8,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_RECYCLE = 75  # EX_TEMPFAIL: the worker asks to be replaced (max_messages, max_memory_mb)
 EXIT_CONFIG = 78  # EX_CONFIG: the worker cannot run with this configuration
+EXIT_DONE = 79  # the worker reached `--message-limit`: done for good, not a crash
 
 
 class RestartLater(Exception):  # noqa: N818 - the name users know from django-sqs

@@ -39,9 +39,10 @@ AWS_ENV = {
 }
 os.environ.update(AWS_ENV)
 
-# Small timings keep the suite fast: a message left in a queue reappears after 2 s.
+# Small timings keep the suite fast: a message left in a queue reappears after 5 s (the
+# smallest visibility timeout sqsd accepts).
 DEFAULTS = {
-    "visibility_timeout": 2,
+    "visibility_timeout": 5,
     "wait_time_seconds": 1,
     "idle_sleep_max": 1,
     "batch_size": 10,

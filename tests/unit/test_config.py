@@ -43,7 +43,27 @@ def error_for(tmp_path: Path, text: str) -> str:
         ),
         (
             "[queues.a]\nvisibility_timeout = 43201",
-            "[queues.a] visibility_timeout: expected an integer from 0 to 43200, got 43201",
+            "[queues.a] visibility_timeout: expected an integer from 5 to 43200, got 43201",
+        ),
+        (
+            "[queues.a]\nvisibility_timeout = 0",
+            "[queues.a] visibility_timeout: expected an integer from 5 to 43200, got 0",
+        ),
+        (
+            "[defaults]\nwait_time_seconds = 0\nidle_sleep_max = 0\n[queues.a]",
+            "[queues.a] wait_time_seconds: expected 1 or more when idle_sleep_max = 0",
+        ),
+        (
+            "[queues.a]\nprocesses = 3\nmax_processes = 2",
+            "[queues.a] max_processes: expected 0 (no autoscaling) or at least processes (3)",
+        ),
+        (
+            "[queues.a]\nconcurrency = 0",
+            "[queues.a] concurrency: expected an integer from 1 to 1000, got 0",
+        ),
+        (
+            '[sqsd]\nmetrics_listen = "9640"',
+            "[sqsd] metrics_listen: expected \"\" (off) or \"HOST:PORT\"",
         ),
         (
             '[queues.a]\nprocesses = "two"',
