@@ -4,11 +4,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test chaos demo lint bench clean
 
-$(STAMP): pyproject.toml
+# sqsd depends on sqsd-client, built from clients/python: both are installed editable.
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	@echo "Setting up $(VENV): sqsd, sqsd-client and their dependencies (about a minute the first time)"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[local,test]'
+	$(PY) -m pip install --quiet -e ./clients/python -e '.[local,test]'
 	touch $(STAMP)
+	@echo "$(VENV) is ready"
+
 
 test: $(STAMP)
 	$(PY) -m ruff check .
