@@ -128,7 +128,8 @@ def test_getting_started_runs_as_written(workspace, background):
     install, *rest = [text for info, text in blocks if info == "sh"]
     assert CLONE_URL in install, "getting-started's install block no longer clones"
     started = time.monotonic()
-    terminal.run(install.replace(CLONE_URL, str(REPO)))
+    # git would name the directory after the URL's last part: sqsd
+    terminal.run(install.replace(CLONE_URL, f"{shlex.quote(str(REPO))} sqsd"))
     install_seconds = time.monotonic() - started
     quickstart = workspace / "quickstart"
     terminal.cwd, terminal.venv = quickstart, quickstart / ".venv"
