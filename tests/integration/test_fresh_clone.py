@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def test_getting_started_runs_as_written(workspace, background):
     log = workspace / "daemon.log"
     daemon = terminal.start(run_block, log)
     background.append(daemon)
-    socket_path = "/tmp/sqsd-quickstart.sock"
+    socket_path = tomllib.loads((quickstart / "sqsd.toml").read_text())["sqsd"]["socket"]
     wait_for(lambda: "worker started" in log.read_text() and os.path.exists(socket_path)
              or daemon.poll() is not None, timeout=60, what="the daemon to start")
     assert daemon.poll() is None, log.read_text()
