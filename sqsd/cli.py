@@ -12,13 +12,16 @@ import os
 import signal
 import sys
 import time
+import tomllib
 from dataclasses import replace
 from typing import Any, NoReturn
 
 import click
 
 import sqsd_client
+from sqsd import __version__
 from sqsd import config as config_module
+from sqsd import units as units_module
 from sqsd.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, ConfigError
 
 
@@ -31,6 +34,7 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sqsd", message="%(prog)s %(version)s")
 def sqsd_main() -> None:
     """sqsd runs Python handlers for Amazon SQS queues."""
 
@@ -40,7 +44,9 @@ config_option = click.option(
     "--config",
     "config_path",
     default=config_module.DEFAULT_CONFIG_PATH,
+    envvar="SQSD_CONFIG",
     show_default=True,
+    show_envvar=True,
     help="Configuration file (TOML).",
 )
 
@@ -155,21 +161,107 @@ def check(config_path: str) -> None:
     click.echo(f"{config_path}: configuration valid, {len(names)} queues reachable")
 
 
+@sqsd_main.command(name="install-units")
+@click.option(
+    "--dest",
+    default=None,
+    help=f"Directory to copy the systemd units into (default {units_module.SYSTEMD_DIR}).",
+)
+@click.option("--force", is_flag=True, help="Replace unit files that differ from the shipped ones.")
+@click.option(
+    "--config",
+    "config_path",
+    default=config_module.DEFAULT_CONFIG_PATH,
+    show_default=True,
+    help="Configuration path for the suggested ExecStart drop-in.",
+)
+def install_units(dest: str | None, force: bool, config_path: str) -> None:
+    """Copy the shipped systemd units (sqsd.socket, sqsd.service, sqsd@.*) into DEST."""
+    dest = dest or units_module.SYSTEMD_DIR
+    installed = units_module.install(dest, force)
+    differing = [item for item in installed if item.action == "differs"]
+    if differing:
+        names = ", ".join(str(item.path) for item in differing)
+        fail(f"{names}: differs from the shipped unit; nothing written (--force replaces it)")
+    for item in installed:
+        click.echo(f"{item.action:10} {item.path}")
+    dropin = units_module.exec_start_dropin(config_path)
+    click.echo(
+        "\nNext: point ExecStart at this installation (the shipped one says\n"
+        "/usr/local/bin/sqsd), then start both units:\n\n"
+        f"  mkdir -p {dest}/sqsd.service.d\n"
+        f"  cat > {dest}/sqsd.service.d/override.conf <<'EOF'\n"
+        f"{dropin}EOF\n"
+        "  systemctl daemon-reload\n"
+        "  systemctl enable --now sqsd.socket sqsd.service"
+    )
+
+
 # -- sqsctl ---------------------------------------------------------------------------
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sqsctl", message="%(prog)s %(version)s")
 @click.option(
     "--socket",
     "socket_path",
     default=None,
-    help="Control socket (default $SQSD_SOCKET or /run/sqsd/sqsd.sock).",
+    help="Control socket (default: -c's socket, else $SQSD_SOCKET, else the socket of "
+    "$SQSD_CONFIG or /etc/sqsd/sqsd.toml, else /run/sqsd/sqsd.sock).",
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default=None,
+    help="Take the control socket from this configuration file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
-def sqsctl_main(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
+def sqsctl_main(
+    ctx: click.Context, socket_path: str | None, config_path: str | None, as_json: bool
+) -> None:
     """Inspect and drive a running sqsd through its control socket."""
-    ctx.obj = {"socket": socket_path, "json": as_json}
+    ctx.obj = {"socket": control_socket(socket_path, config_path), "json": as_json}
+
+
+def control_socket(socket_path: str | None, config_path: str | None) -> str:
+    """The socket sqsctl talks to: the explicit choices first, then the environment's."""
+    if socket_path:
+        return socket_path
+    if config_path:
+        return configured_socket(config_path)
+    if os.environ.get("SQSD_SOCKET"):
+        return os.environ["SQSD_SOCKET"]
+    if os.environ.get("SQSD_CONFIG"):
+        return configured_socket(os.environ["SQSD_CONFIG"])
+    # The daemon's default file, when it is there and this user may read it.
+    default = configured_socket(config_module.DEFAULT_CONFIG_PATH, required=False)
+    return default or sqsd_client.protocol.DEFAULT_SOCKET
+
+
+def configured_socket(config_path: str, required: bool = True) -> str | None:
+    """``[sqsd] socket`` of a configuration file; None if it cannot be read and not required.
+
+    Only that key is read, not the whole file validated: after an edit the daemon refused,
+    `sqsctl -c FILE reload` must still reach the daemon that runs the previous version.
+    """
+    try:
+        with open(config_path, "rb") as f:
+            section = tomllib.load(f).get("sqsd")
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        if not required:
+            return None
+        reason = exc.strerror if isinstance(exc, OSError) else f"not valid TOML: {exc}"
+        fail(f"{config_path}: {reason}", EXIT_USAGE)
+    socket_path = (section if isinstance(section, dict) else {}).get(
+        "socket", sqsd_client.protocol.DEFAULT_SOCKET
+    )
+    if not isinstance(socket_path, str) or not socket_path:
+        if not required:
+            return None
+        fail(f"{config_path}: [sqsd] socket: expected a path", EXIT_USAGE)
+    return socket_path
 
 
 def call(
@@ -179,7 +271,11 @@ def call(
     try:
         return client.call(cmd, **args)
     except sqsd_client.DaemonUnavailable as exc:
-        fail(f"daemon not reachable: {exc}", EXIT_UNREACHABLE)
+        fail(
+            f"daemon not reachable: {exc} (is sqsd running? --socket PATH or -c CONFIG "
+            "points sqsctl at another socket)",
+            EXIT_UNREACHABLE,
+        )
     except sqsd_client.CommandFailed as exc:
         if ctx.obj["json"]:
             click.echo(json.dumps(exc.reply))
