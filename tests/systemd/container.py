@@ -175,7 +175,13 @@ def nspawn_run(root: Path, script: str, *, network: bool) -> None:
                 cmd.append(f"--setenv={name}={os.environ[name]}")
     else:
         cmd.append("--private-network")
-    run([*cmd, "/bin/sh", "-euc", script], stdin=subprocess.DEVNULL)
+    result = subprocess.run([*cmd, "/bin/sh", "-euc", script], stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    # nspawn's complaint when the host's /run is not a tmpfs: harmless, and not ours.
+    for line in result.stderr.splitlines():
+        if not line.startswith("Attempted to remove disk file system"):
+            print(line, file=sys.stderr)
+    result.check_returncode()
 
 
 # --- the cached layers ------------------------------------------------------------------------

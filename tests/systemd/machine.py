@@ -61,7 +61,8 @@ WantedBy=multi-user.target
 
 
 def sqsd_config(queues: dict[str, dict[str, Any]], *, socket: str = "/run/sqsd/sqsd.sock",
-                prefix: str = "", create_queues: bool = True) -> str:
+                prefix: str = "", create_queues: bool = True,
+                endpoint_url: str = "http://127.0.0.1:4566") -> str:
     """A configuration file; each queue is a table of keys with str or int values."""
     lines = [
         "[sqsd]",
@@ -69,7 +70,7 @@ def sqsd_config(queues: dict[str, dict[str, Any]], *, socket: str = "/run/sqsd/s
         f'socket = "{socket}"',
         f'queue_prefix = "{prefix}"',
         'region = "us-east-1"',
-        'endpoint_url = "http://127.0.0.1:4566"',
+        f'endpoint_url = "{endpoint_url}"',
         f"create_queues = {'true' if create_queues else 'false'}",
         'log_format = "json"',
         "",

@@ -46,10 +46,9 @@ def test_boot_starts_sqsd_through_type_notify_with_a_status_line(machine):
 def test_clients_group_can_ping_status_and_wake_after_a_fresh_boot_and_others_cannot(machine):
     """Issue 17, bug 1: RuntimeDirectory=sqsd re-owned the socket to sqsd:sqsd when the
     service first started after a boot, and `sqsctl ping` as a producer was refused."""
-    main_pid = machine.main_pid()
+    check_clients(machine, machine.main_pid())
     assert machine.stat("/run/sqsd") == "sqsd sqsd 755 directory"
     assert machine.stat(SOCKET) == "sqsd sqsd-clients 660 socket"
-    check_clients(machine, main_pid)
     # Restarts and reloads keep it that way.
     machine.systemctl("restart", "sqsd.service")
     main_pid = machine.main_pid()
@@ -288,6 +287,30 @@ def test_two_template_instances_run_side_by_side(machine):
                     f"side by side, each on its own socket and queues")
 
 
+def test_reload_keeps_the_embedded_local_endpoint(machine):
+    """Issue 17, bug 2: `systemctl reload` of a daemon with endpoint_url = "local" replaced
+    every worker, which then crashed on the endpoint "local"."""
+    sock = "/run/sqsd/local.sock"
+    machine.write("/etc/sqsd/local.toml", sqsd_config(
+        {"basic": BASE_QUEUES["basic"]}, socket=sock, endpoint_url="local"))
+    units = ["sqsd@local.socket", "sqsd@local.service"]
+    machine.systemctl("start", *units)
+    try:
+        main_pid = machine.main_pid("sqsd@local.service")
+        before = machine.wait_workers(1, socket=sock)
+        machine.systemctl("reload", "sqsd@local.service")
+        wait_for(lambda: "configuration reloaded" in machine.journal("sqsd@local.service"), 10,
+                 "the reload")
+        time.sleep(2)  # a replaced worker would show up (and crash) within this
+        assert machine.wait_workers(1, socket=sock) == before
+        assert machine.main_pid("sqsd@local.service") == main_pid
+        assert "Invalid endpoint" not in machine.journal("sqsd@local.service")
+    finally:
+        machine.systemctl("stop", *units)
+    report("local endpoint", 'endpoint_url = "local" under the hardened unit: reload kept '
+                             "the worker and the embedded endpoint")
+
+
 def test_systemd_analyze_security_rates_the_service_ok(machine):
     machine.ensure_running()
     ratings = {}
@@ -302,7 +325,7 @@ def test_systemd_analyze_security_rates_the_service_ok(machine):
 
 def test_clients_keep_their_access_after_a_reboot(machine):
     seconds = machine.reboot()
-    assert machine.stat(SOCKET) == "sqsd sqsd-clients 660 socket"
     machine.wait_workers(len(BASE_QUEUES))
     check_clients(machine, machine.main_pid())
+    assert machine.stat(SOCKET) == "sqsd sqsd-clients 660 socket"
     report("reboot", f"second boot in {seconds:.1f} s: the clients group still gets in")
