@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 import tomllib
-from dataclasses import replace
 from typing import Any, NoReturn
 
 import click
@@ -81,6 +80,7 @@ def run(
     from sqsd import logs
     from sqsd.control.server import SocketInUse
     from sqsd.local import LocalEndpoint, environment_for_children
+    from sqsd.local import resolve as resolve_local
     from sqsd.master import Master, import_receivers
     from sqsd.sqs import preload
 
@@ -105,7 +105,9 @@ def run(
         except RuntimeError as exc:
             fail(str(exc))
         environment_for_children(endpoint.url)
-        master.settings = replace(settings, endpoint_url=endpoint.url, create_queues=True)
+        # Every reload resolves the file again the same way.
+        master.local_endpoint, master.local_only = endpoint.url, local
+        master.settings = resolve_local(settings, endpoint.url, forced=local)
         logs.get("sqsd").info("local SQS endpoint started", url=endpoint.url)
     try:
         code = master.run()

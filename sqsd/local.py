@@ -10,7 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 
+from sqsd.config import Settings
+from sqsd.errors import ConfigError
 from sqsd.notify import set_parent_death_signal
 
 
@@ -81,3 +84,18 @@ def use_local_credentials() -> None:
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "local")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def resolve(settings: Settings, endpoint_url: str, *, forced: bool = False) -> Settings:
+    """The settings to run with: ``endpoint_url = "local"`` (any endpoint with ``--local``,
+    ``forced``) becomes the running embedded endpoint's URL, ``endpoint_url`` ("" when none
+    runs), and missing queues are created. ``sqsd run`` calls it at start and the master on
+    every reload, so re-reading an unchanged file changes nothing."""
+    if not (forced or settings.endpoint_url == "local"):
+        return settings
+    if not endpoint_url:
+        raise ConfigError(
+            f'{settings.path}: [sqsd] endpoint_url: "local" needs a restart '
+            "(the daemon started without its local endpoint)"
+        )
+    return replace(settings, endpoint_url=endpoint_url, create_queues=True)

@@ -31,6 +31,7 @@ from sqsd import logs, notify, scoreboard
 from sqsd.config import QueueSettings, Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, ConfigError
 from sqsd.givebacks import GiveBacks
+from sqsd.local import resolve as resolve_local
 from sqsd.message import Message
 from sqsd.registry import REGISTRY
 from sqsd.sqs import READ_TIMEOUT_MARGIN
@@ -103,6 +104,8 @@ class Master:
     only_queues: tuple[str, ...] = ()
     only_suffix: str | None = None
     message_limit: int = 0
+    local_endpoint: str = ""  # URL of the embedded endpoint `sqsd run` started, if any
+    local_only: bool = False  # `sqsd run --local`: whatever endpoint_url says
     programs: dict[tuple[str, str, int], Program] = field(default_factory=dict)
     scale_overrides: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -307,7 +310,9 @@ class Master:
             f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
         )
         try:
-            settings = config_module.load(self.config_path)
+            settings = resolve_local(
+                config_module.load(self.config_path), self.local_endpoint, forced=self.local_only
+            )
             import_receivers(settings)
             queues = self.queue_settings(settings)
             wanted = {p.key: p for p in self.wanted_programs(settings, queues, overrides={})}
