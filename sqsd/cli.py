@@ -120,7 +120,7 @@ def _exit_during_startup(signum: int, frame: object) -> None:
 def check(config_path: str) -> None:
     """Validate the configuration, import receivers and reach every queue."""
     from sqsd.master import Master, import_receivers
-    from sqsd.sqs import is_missing_queue, make_client
+    from sqsd.sqs import describe_error, is_missing_queue, make_client
 
     settings = load_settings(config_path)
     try:
@@ -143,12 +143,9 @@ def check(config_path: str) -> None:
             click.echo(f"ok       {name}")
         except Exception as exc:
             problems += 1
+            reason = describe_error(exc)
             if is_missing_queue(exc):
-                reason = "queue does not exist (create it, or set create_queues = true)"
-            elif type(exc).__name__ == "NoCredentialsError":
-                reason = "no AWS credentials found (environment, ~/.aws or instance role)"
-            else:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason += " (create it, or set create_queues = true)"
             click.echo(f"missing  {name}: {reason}")
     if problems:
         fail(f"{problems} of {len(names)} queues not reachable")

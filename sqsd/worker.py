@@ -26,8 +26,16 @@ from sqsd.config import QueueSettings, Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, RestartLater
 from sqsd.givebacks import GiveBacks
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
-from sqsd.producer import encode_attributes, max_sqs_delay
-from sqsd.sqs import ensure_queue, is_missing_queue, make_client
+from sqsd.sqs import (
+    MAX_ATTRIBUTES,
+    MAX_BATCH,
+    MAX_VISIBILITY,
+    encode_attributes,
+    ensure_queue,
+    is_missing_queue,
+    make_client,
+    max_delay,
+)
 
 DELETE_FLUSH_AGE = 1.0  # seconds a finished message may wait for a fuller delete batch
 FLUSH_WAIT_MAX = 30.0
@@ -100,7 +108,7 @@ class Housekeeper(threading.Thread):
             if not self.pending:
                 self.oldest_pending = time.monotonic()
             self.pending.append((message.id, message.receipt_handle, 0))
-            if len(self.pending) >= 10:
+            if len(self.pending) >= MAX_BATCH:
                 self.cond.notify_all()
 
     def flush(self, *, wait: bool = False) -> None:
@@ -139,7 +147,7 @@ class Housekeeper(threading.Thread):
                 return
 
     def _has_work(self) -> bool:
-        return self.stopping or self.flush_requested or len(self.pending) >= 10
+        return self.stopping or self.flush_requested or len(self.pending) >= MAX_BATCH
 
     def _next_timeout(self) -> float | None:
         timeouts = []
@@ -153,9 +161,9 @@ class Housekeeper(threading.Thread):
 
     def _take_batch(self) -> list[tuple[str, str, int]]:
         due = self.pending and time.monotonic() - self.oldest_pending >= DELETE_FLUSH_AGE
-        if not (self.flush_requested or self.stopping or due or len(self.pending) >= 10):
+        if not (self.flush_requested or self.stopping or due or len(self.pending) >= MAX_BATCH):
             return []
-        batch, self.pending = self.pending[:10], self.pending[10:]
+        batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
         self.flush_requested = bool(self.pending) and self.flush_requested
         self.oldest_pending = time.monotonic()
         return batch
@@ -194,8 +202,8 @@ class Housekeeper(threading.Thread):
             ]
             for handle in due:
                 self.in_hand[handle] = now + self.visibility_timeout
-        for start in range(0, len(due), 10):
-            chunk = due[start : start + 10]
+        for start in range(0, len(due), MAX_BATCH):
+            chunk = due[start : start + MAX_BATCH]
             entries = [
                 {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.visibility_timeout}
                 for i, h in enumerate(chunk)
@@ -582,7 +590,7 @@ class Worker:
             }
         )
         for name, value in extra.items():
-            if len(attributes) < 10:  # SQS allows ten attributes; the user's come first
+            if len(attributes) < MAX_ATTRIBUTES:  # the user's attributes come first
                 attributes[name] = value
         params: dict[str, Any] = {
             "QueueUrl": self.dead_letter_url,
@@ -617,13 +625,13 @@ class Worker:
             "QueueUrl": self.url,
             "MessageBody": message.body,
             "MessageAttributes": attrs,
-            "DelaySeconds": int(min(max(remaining, 0), max_sqs_delay())),
+            "DelaySeconds": int(min(max(remaining, 0), max_delay())),
         }
         try:
             self.client.send_message(**params)
         except Exception as exc:
             self.log.warning("re-delay failed", message_id=message.id, error=str(exc))
-            self._change_visibility(message, int(min(remaining, max_sqs_delay())))
+            self._change_visibility(message, int(min(remaining, max_delay())))
             return True
         self.slot.add(scoreboard.SENDS)
         self._delete_now(message)
@@ -654,7 +662,7 @@ class Worker:
         return True
 
     def _change_visibility(self, message: Message, seconds: int) -> None:
-        seconds = max(0, min(seconds, 43200))
+        seconds = max(0, min(seconds, MAX_VISIBILITY))
         try:
             self.client.change_message_visibility(
                 QueueUrl=self.url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=seconds
@@ -669,8 +677,8 @@ class Worker:
         for message in messages:
             self.housekeeper.release(message)
             self.givebacks.add(message.id)
-        for start in range(0, len(messages), 10):
-            chunk = messages[start : start + 10]
+        for start in range(0, len(messages), MAX_BATCH):
+            chunk = messages[start : start + MAX_BATCH]
             entries = [
                 {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
                 for i, m in enumerate(chunk)
