@@ -75,7 +75,8 @@ def run(
     from sqsd import logs
     from sqsd.control.server import SocketInUse
     from sqsd.local import LocalEndpoint, environment_for_children
-    from sqsd.master import Master, import_receivers
+    from sqsd.master import Master
+    from sqsd.registry import import_receivers
     from sqsd.sqs import preload
 
     settings = load_settings(config_path)
@@ -119,7 +120,8 @@ def _exit_during_startup(signum: int, frame: object) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the configuration, import receivers and reach every queue."""
-    from sqsd.master import Master, import_receivers
+    from sqsd.master import Master
+    from sqsd.registry import import_receivers
     from sqsd.sqs import describe_error, is_missing_queue, make_client
 
     settings = load_settings(config_path)

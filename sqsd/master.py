@@ -32,7 +32,7 @@ from sqsd.config import QueueSettings, Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, ConfigError
 from sqsd.givebacks import GiveBacks
 from sqsd.message import Message
-from sqsd.registry import REGISTRY
+from sqsd.registry import REGISTRY, import_receivers, registered_queues
 from sqsd.sqs import READ_TIMEOUT_MARGIN
 from sqsd.worker import Worker, WorkerSpec
 
@@ -386,13 +386,7 @@ class Master:
     def queue_settings(self, settings: Settings) -> dict[str, QueueSettings]:
         """Every queue to run: configured ones and those registered in code, filtered by
         ``sqsd run QUEUE...``."""
-        registered = [
-            name
-            for name, registration in REGISTRY.items()
-            if name not in settings.queues
-            and (name in IMPORTED_QUEUES or _imported_by(registration.module, settings.imports))
-        ]
-        names = list(settings.queues) + registered
+        names = list(settings.queues) + registered_queues(settings)
         if self.only_queues:
             names = [n for n in names if n in self.only_queues]
         result: dict[str, QueueSettings] = {}
@@ -715,24 +709,6 @@ def describe_exit(code: int) -> str:
     return names.get(code, f"exited {code}")
 
 
-def import_receivers(settings: Settings) -> None:
-    """Import ``[sqsd] imports`` so their decorators register queues (preload, before fork).
-    Queues registered while they import (by modules they import in turn) count too."""
-    for module in settings.imports:
-        before = set(REGISTRY)
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            raise ConfigError(
-                f"{settings.path}: [sqsd] imports: cannot import {module!r}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        IMPORTED_QUEUES.update(set(REGISTRY) - before)
-
-
-IMPORTED_QUEUES: set[str] = set()  # registered while an `imports` module was imported
-
-
 def resolve_reference(settings: Settings, queue: QueueSettings, key: str) -> Any:
     """Import ``module:attribute`` named by a queue key."""
     reference = getattr(queue, key)
@@ -775,9 +751,3 @@ def resolve_handler(
             "(no @receiver or @task registered this queue)"
         )
     return registration.handler, message_class
-
-
-def _imported_by(module: str, imports: tuple[str, ...]) -> bool:
-    """Registrations count when their module is listed in ``imports`` (or is inside one)."""
-    return any(module == name or module.startswith(name + ".") for name in imports)
-

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import sqsd
-from sqsd.message import Message
-from sqsd.registry import REGISTRY, decode_call, default_queue_name, encode_call
+from sqsd.message import Message, decode_call, encode_call
+from sqsd.registry import REGISTRY, default_queue_name
 
 
 @pytest.fixture(autouse=True)
