@@ -29,19 +29,24 @@ import setproctitle
 from sqsd import config as config_module
 from sqsd import logs, notify, scoreboard
 from sqsd.config import QueueSettings, Settings
-from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, ConfigError
+from sqsd.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from sqsd.givebacks import GiveBacks
 from sqsd.message import Message
 from sqsd.registry import REGISTRY, import_receivers, registered_queues
-from sqsd.sqs import READ_TIMEOUT_MARGIN
+from sqsd.states import (
+    STOPPED_STATES,
+    Program,
+    ProgramState,
+    WorkerExit,
+    WorkerProcess,
+    WorkerState,
+    after_exit,
+    hang_reason,
+)
 from sqsd.worker import Worker, WorkerSpec
 
-CRASH_BACKOFF_MAX = 60.0
-STABLE_AFTER = 60.0  # a worker up this long resets its crash backoff
-FATAL_AFTER = 8  # consecutive failures before a program is given up until reload
 QUICK_STOP_GRACE = 3.0  # seconds a quick stop leaves workers to flush their deletes
 KILL_AFTER_ABORT = 5.0  # seconds between SIGABRT (stack dump) and SIGKILL of a hung worker
-SILENCE_MARGIN = 30.0
 LOOP_TICK = 1.0
 HANDLED_SIGNALS = (
     signal.SIGTERM,
@@ -60,38 +65,6 @@ class ShutdownComplete(Exception):  # noqa: N818
     def __init__(self, code: int):
         super().__init__(code)
         self.code = code
-
-
-@dataclass
-class WorkerProcess:
-    """A forked worker, as the master tracks it."""
-
-    pid: int
-    slot: scoreboard.Slot
-    wake_fd: int
-    started: float
-    stop_sent: float = 0.0
-    abort_sent: float = 0.0
-    reason: str = ""  # why the master stopped or killed it, for the exit log line
-
-
-@dataclass
-class Program:
-    """One wanted worker (queue, suffix, index) and its restart history (supervisord's term)."""
-
-    spec: WorkerSpec
-    state: str = "starting"  # starting, running, backoff, stopping, exited, fatal
-    worker: WorkerProcess | None = None
-    failures: int = 0
-    restarts: int = 0
-    next_start: float = 0.0
-    last_exit: str | None = None
-    retired: bool = False  # no longer wanted: stop it and forget it
-    respawn_now: bool = False  # stopped on purpose (reload, recycle): restart without backoff
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.spec.queue.name, self.spec.suffix, self.spec.index)
 
 
 @dataclass
@@ -207,7 +180,7 @@ class Master:
         for when, _ in self.timers:
             timeout = min(timeout, max(0.0, when - now))
         for program in self.programs.values():
-            if program.worker is None and program.state == "backoff":
+            if program.worker is None and program.state is ProgramState.BACKOFF:
                 timeout = min(timeout, max(0.0, program.next_start - now))
         return timeout
 
@@ -292,7 +265,7 @@ class Master:
         if not worker.stop_sent or quick:
             worker.stop_sent = worker.stop_sent or time.monotonic()
             worker.reason = reason or worker.reason
-            program.state = "stopping"
+            program.state = ProgramState.STOPPING
             self.kill(worker.pid, signal.SIGQUIT if quick else signal.SIGTERM)
 
     def kill(self, pid: int, signum: int) -> None:
@@ -337,13 +310,12 @@ class Master:
             if new.spec != program.spec or daemon_changed:
                 program.spec = new.spec
                 program.failures = 0
-                program.respawn_now = True
                 if program.worker is not None:
                     self.stop_worker(program, reason="settings changed by reload")
-                elif program.state in ("fatal", "exited", "backoff"):
-                    program.state = "starting"
-            elif program.state in ("fatal", "backoff"):
-                program.state, program.failures = "starting", 0
+                elif program.state in (*STOPPED_STATES, ProgramState.BACKOFF):
+                    program.state = ProgramState.STARTING
+            elif program.state in (ProgramState.FATAL, ProgramState.BACKOFF):
+                program.state, program.failures = ProgramState.STARTING, 0
         self.programs.update(wanted)
         self.poked = True
         self.log.info("configuration reloaded", workers=len(self.active_programs()))
@@ -446,9 +418,9 @@ class Master:
             if program.retired:
                 del self.programs[key]
                 continue
-            if self.stopping_since or program.state in ("fatal", "exited"):
+            if self.stopping_since or program.state in STOPPED_STATES:
                 continue
-            if program.state == "backoff" and now < program.next_start:
+            if program.state is ProgramState.BACKOFF and now < program.next_start:
                 continue
             self.spawn_worker(program)
         if not self.ready_sent and not self.stopping_since:
@@ -465,8 +437,7 @@ class Master:
             self.run_in_child(lambda: self.worker_main(program.spec, slot, wake_r))
         os.close(wake_r)
         program.worker = WorkerProcess(pid=pid, slot=slot, wake_fd=wake_w, started=time.monotonic())
-        program.state = "running"
-        program.respawn_now = False
+        program.state = ProgramState.RUNNING
         self.log.info("worker spawned", queue=program.spec.label, pid=pid, index=program.spec.index)
 
     def run_in_child(self, main: Callable[[], int]) -> None:
@@ -503,7 +474,7 @@ class Master:
             os._exit(code)
 
     def worker_main(self, spec: WorkerSpec, slot: scoreboard.Slot, wake_fd: int) -> int:
-        setproctitle.setproctitle(f"sqsd: worker {spec.label} starting")
+        setproctitle.setproctitle(f"sqsd: worker {spec.label} {WorkerState.STARTING.label}")
         worker = Worker(
             spec,
             self.settings,
@@ -538,58 +509,37 @@ class Master:
         counters = worker.slot.read().counters
         finished_messages = counters["processed"] + counters["failed"] + counters["retried"]
         self.scoreboard.release(worker.slot)
-        now = time.monotonic()
-        uptime = now - worker.started
-        code = os.waitstatus_to_exitcode(status)
-        reason = describe_exit(code)
-        if worker.reason:
-            reason = f"{reason} ({worker.reason})"
-        program.last_exit = reason
-        planned = bool(worker.stop_sent) or code == EXIT_RECYCLE or program.respawn_now
-        log = self.log.bind(queue=program.spec.label, pid=worker.pid, exit=reason)
+        program.last_exit = WorkerExit(os.waitstatus_to_exitcode(status), worker.reason)
+        log = self.log.bind(queue=program.spec.label, pid=worker.pid, exit=str(program.last_exit))
         if self.stopping_since or program.retired:
             log.info("worker exited")
             return
         program.restarts += 1
-        if code == EXIT_CONFIG:
-            program.state = "fatal"
-            log.error("worker cannot run with this configuration; not restarting until reload")
-        elif code == EXIT_OK and not planned:
-            program.state = "exited"
-            log.info("worker finished")
-        elif planned:
-            program.state = "starting"
-            log.info("worker exited; replacing")
+        now = time.monotonic()
+        restart = after_exit(
+            program.last_exit.code,
+            stop_sent=bool(worker.stop_sent),
+            failures=program.failures,
+            uptime=now - worker.started,
+            progressed=bool(finished_messages),
+        )
+        program.state, program.failures = restart.state, restart.failures
+        program.next_start = now + restart.delay * random.uniform(0.9, 1.1)
+        if restart.state is ProgramState.FATAL:
+            log.error(restart.event, failures=restart.failures if restart.crashed else None)
+        elif restart.crashed:
+            log.warning(restart.event, failures=restart.failures, seconds=restart.delay or None)
         else:
-            # A worker that finished messages before crashing (one poison message among
-            # good ones) is not in a crash loop: restart it at once, never give up on it.
-            if uptime >= STABLE_AFTER or finished_messages:
-                program.failures = 0
-            program.failures += 1
-            if program.failures >= FATAL_AFTER:
-                program.state = "fatal"
-                log.error(
-                    "worker keeps crashing; giving up until reload", failures=program.failures
-                )
-            elif program.failures == 1:
-                program.state = "starting"
-                log.warning("worker crashed; restarting")
-            else:
-                delay = min(CRASH_BACKOFF_MAX, 2.0 ** (program.failures - 1))
-                program.state = "backoff"
-                program.next_start = now + delay * random.uniform(0.9, 1.1)
-                log.warning(
-                    "worker crashed again; backing off", failures=program.failures, seconds=delay
-                )
+            log.info(restart.event)
         self.check_all_fatal()
 
     def check_all_fatal(self) -> None:
         active = self.active_programs()
-        if active and all(p.state in ("fatal", "exited") for p in active):
-            fatal = [p for p in active if p.state == "fatal"]
+        if active and all(p.state in STOPPED_STATES for p in active):
+            fatal = [p for p in active if p.state is ProgramState.FATAL]
             if not fatal:
                 self.exit_code = EXIT_OK
-            elif all(p.last_exit and "exit 78" in p.last_exit for p in fatal):
+            elif all(p.last_exit and p.last_exit.code == EXIT_CONFIG for p in fatal):
                 self.exit_code = EXIT_CONFIG  # systemd's RestartPreventExitStatus=78 applies
             else:
                 self.exit_code = 1
@@ -656,8 +606,8 @@ class Master:
             return
         self.notifier.watchdog()
         running = sum(1 for p in self.programs.values() if p.worker is not None)
-        fatal = sum(1 for p in self.programs.values() if p.state == "fatal")
-        backoff = sum(1 for p in self.programs.values() if p.state == "backoff")
+        fatal = sum(1 for p in self.programs.values() if p.state is ProgramState.FATAL)
+        backoff = sum(1 for p in self.programs.values() if p.state is ProgramState.BACKOFF)
         status = f"{running} worker{'s' if running != 1 else ''} running"
         if backoff:
             status += f", {backoff} in crash backoff"
@@ -676,37 +626,6 @@ def worker_environment(settings: Settings) -> tuple[Any, ...]:
         settings.failed_log,
         settings.queue_prefix,
     )
-
-
-def hang_reason(queue: QueueSettings, view: scoreboard.SlotView, now: float) -> str:
-    """Why a worker counts as hung, or "" when it is fine."""
-    if view.state == "busy" and view.message_started:
-        running = now - view.message_started
-        if queue.hard_timeout and running > queue.hard_timeout:
-            return f"message {view.message_id} ran {running:.0f}s, past hard_timeout"
-        return ""
-    silent = now - view.heartbeat
-    # A receive may take botocore's three attempts, each up to its read timeout.
-    limit = 3 * (queue.wait_time_seconds + READ_TIMEOUT_MARGIN) + SILENCE_MARGIN
-    if view.state in ("polling", "starting", "retrying") and silent > limit:
-        return f"silent for {silent:.0f}s while {view.state}"
-    if view.state == "idle" and silent > LOOP_TICK + SILENCE_MARGIN:
-        return f"silent for {silent:.0f}s while idle"
-    return ""
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    names = {
-        EXIT_OK: "exited 0",
-        EXIT_RECYCLE: "recycled (exit 75)",
-        EXIT_CONFIG: "configuration error (exit 78)",
-    }
-    return names.get(code, f"exited {code}")
 
 
 def resolve_reference(settings: Settings, queue: QueueSettings, key: str) -> Any:

@@ -13,7 +13,8 @@ import struct
 import time
 from dataclasses import dataclass
 
-STATES = ("starting", "polling", "idle", "busy", "stopping", "retrying")
+from sqsd.states import WorkerState
+
 COUNTERS = (
     "processed",
     "failed",
@@ -46,7 +47,7 @@ assert _LAYOUT.size <= SLOT_SIZE
 class SlotView:
     """A snapshot of one slot, as the master reads it."""
 
-    state: str
+    state: WorkerState
     heartbeat: float
     state_since: float
     message_started: float
@@ -92,9 +93,9 @@ class Slot:
             self.memory, self.offset, 0, now, now, 0.0, 0.0, *([0] * len(COUNTERS)), b""
         )
 
-    def set_state(self, state: str, *, idle_until: float = 0.0) -> None:
+    def set_state(self, state: WorkerState, *, idle_until: float = 0.0) -> None:
         now = time.monotonic()
-        _HEAD.pack_into(self.memory, self.offset, STATES.index(state), now, now)
+        _HEAD.pack_into(self.memory, self.offset, state, now, now)
         _FLOAT.pack_into(self.memory, self.offset + _IDLE_UNTIL_AT, idle_until)
 
     def beat(self) -> None:
@@ -102,7 +103,7 @@ class Slot:
 
     def start_message(self, message_id: str) -> None:
         now = time.monotonic()
-        _HEAD.pack_into(self.memory, self.offset, STATES.index("busy"), now, now)
+        _HEAD.pack_into(self.memory, self.offset, WorkerState.BUSY, now, now)
         _FLOAT.pack_into(self.memory, self.offset + _MESSAGE_STARTED_AT, now)
         _MESSAGE_ID.pack_into(self.memory, self.offset + _MESSAGE_ID_AT, message_id.encode())
 
@@ -122,7 +123,7 @@ class Slot:
         counters = dict(zip(COUNTERS, rest[: len(COUNTERS)], strict=True))
         message_id = rest[-1].rstrip(b"\0").decode(errors="replace")
         return SlotView(
-            STATES[state] if state < len(STATES) else "starting",
+            WorkerState.from_byte(state),
             heartbeat,
             since,
             started,

@@ -36,6 +36,7 @@ from sqsd.sqs import (
     make_client,
     max_delay,
 )
+from sqsd.states import WorkerState
 
 DELETE_FLUSH_AGE = 1.0  # seconds a finished message may wait for a fuller delete batch
 FLUSH_WAIT_MAX = 30.0
@@ -285,7 +286,7 @@ class Worker:
         try:
             code = self._loop()
         finally:
-            self._set_state("stopping")
+            self._set_state(WorkerState.STOPPING)
             self.housekeeper.stop()
             self.log.info("worker stopped", pid=os.getpid(), handled=self.handled, code=code)
         return code
@@ -313,13 +314,13 @@ class Worker:
                 self._sleep_idle()
         return EXIT_OK
 
-    def _set_state(self, state: str, *, idle_until: float = 0.0) -> None:
+    def _set_state(self, state: WorkerState, *, idle_until: float = 0.0) -> None:
         """Publish the state to the master's scoreboard and to the process title."""
         self.slot.set_state(state, idle_until=idle_until)
         self._set_title(state)
 
-    def _set_title(self, state: str) -> None:
-        title = f"sqsd: worker {self.spec.label} {state} {self.handled} done"
+    def _set_title(self, state: WorkerState) -> None:
+        title = f"sqsd: worker {self.spec.label} {state.label} {self.handled} done"
         if title != self.title:
             self.title = title
             setproctitle.setproctitle(title)
@@ -373,7 +374,7 @@ class Worker:
     # -- receiving and idling -----------------------------------------------------------
 
     def _receive(self) -> list[dict[str, Any]]:
-        self._set_state("polling")
+        self._set_state(WorkerState.POLLING)
         try:
             self.interruptible = True
             if self.stop_requested:
@@ -400,7 +401,7 @@ class Worker:
         self.error_sleep = min(ERROR_BACKOFF_MAX, max(1.0, self.error_sleep * 2))
         delay = self.error_sleep * random.uniform(0.5, 1.0)
         self.log.warning("SQS call failed; backing off", error=str(exc), seconds=round(delay, 2))
-        self._set_state("retrying", idle_until=time.monotonic() + delay)
+        self._set_state(WorkerState.RETRYING, idle_until=time.monotonic() + delay)
         self._wait_for_wake(delay)
 
     def _sleep_idle(self) -> None:
@@ -409,7 +410,7 @@ class Worker:
             return
         self.idle_sleep = min(self.queue.idle_sleep_max, max(1.0, self.idle_sleep * 2))
         delay = self.idle_sleep * random.uniform(0.9, 1.1)
-        self._set_state("idle", idle_until=time.monotonic() + delay)
+        self._set_state(WorkerState.IDLE, idle_until=time.monotonic() + delay)
         if self._wait_for_wake(delay):
             self.idle_sleep = 0.0
 
@@ -453,7 +454,7 @@ class Worker:
         housekeeper = self.housekeeper
         assert housekeeper is not None
         housekeeper.hold(messages, received_at)
-        self._set_title("busy")  # once a batch: the scoreboard has the per-message detail
+        self._set_title(WorkerState.BUSY)  # once a batch: the scoreboard has the per-message detail
         blocked_groups: set[str] = set()
         for position, message in enumerate(messages):
             if self.stop_requested:

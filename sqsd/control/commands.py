@@ -21,10 +21,12 @@ import psutil
 from sqsd.config import as_dict
 from sqsd.control import queries
 from sqsd.control.server import Connection, ControlServer, open_listener
+from sqsd.states import SLEEPING_STATES, ProgramState, WorkerState, shown_state
 from sqsd_client.protocol import PROTOCOL_VERSION, error
 
 if TYPE_CHECKING:
-    from sqsd.master import Master, Program
+    from sqsd.master import Master
+    from sqsd.states import Program
 
 FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before answering
 WAIT_CHECK_INTERVAL = 1.0
@@ -268,14 +270,14 @@ class ControlPlane:
             "suffix": spec.suffix,
             "index": spec.index,
             "pid": None,
-            "state": program_state(program),
+            "state": shown_state(program),
             "restarts": program.restarts,
             "failures": program.failures,
-            "last_exit": program.last_exit,
+            "last_exit": None if program.last_exit is None else str(program.last_exit),
         }
         worker = program.worker
         if worker is None:
-            if program.state == "backoff":
+            if program.state is ProgramState.BACKOFF:
                 entry["retry_in"] = round(max(0.0, program.next_start - now), 1)
             return entry
         view = worker.slot.read()
@@ -297,10 +299,12 @@ class ControlPlane:
                 "send": counters["sends"],
             },
         )
-        if entry["state"] == "busy":
+        if worker.stop_sent:
+            pass
+        elif view.state is WorkerState.BUSY:
             entry["message_id"] = view.message_id
             entry["message_seconds"] = round(now - view.message_started, 1)
-        elif entry["state"] in ("idle", "retrying"):
+        elif view.state in SLEEPING_STATES:
             entry["idle_seconds"] = round(max(0.0, view.idle_until - now), 1)
         return entry
 
@@ -329,7 +333,7 @@ class ControlPlane:
         busy = {
             p.spec.url_name
             for p in self.master.programs.values()
-            if p.worker is not None and p.worker.slot.read().state == "busy"
+            if p.worker is not None and p.worker.slot.read().state is WorkerState.BUSY
         }
         for waiter in list(self.waiters):
             clean = all(
@@ -426,17 +430,6 @@ class ControlPlane:
                 raise KeyError(f"unknown queue {name!r}")
             result.extend(self.master.settings.queue_url_name(q, s) for q, s in matches)
         return list(dict.fromkeys(result))
-
-
-def program_state(program: Program) -> str:
-    """The state operators see: a worker's own state while it runs, else the program's."""
-    if program.worker is None:
-        if program.state == "backoff":
-            return "crashloop"
-        return program.state
-    if program.state == "stopping" or program.worker.stop_sent:
-        return "stopping"
-    return program.worker.slot.read().state
 
 
 def _string(request: dict[str, Any], key: str) -> str:
