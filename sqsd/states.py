@@ -181,7 +181,7 @@ def after_exit(
             False,
             "worker cannot run with this configuration; not restarting until reload",
         )
-    if code == EXIT_OK and not (stop_sent or code == EXIT_RECYCLE):
+    if code == EXIT_DONE:
         return Restart(ProgramState.EXITED, 0.0, failures, False, "worker finished")
     if stop_sent or code == EXIT_RECYCLE:
         return Restart(ProgramState.STARTING, 0.0, failures, False, "worker exited; replacing")

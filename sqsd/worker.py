@@ -23,7 +23,7 @@ import setproctitle
 
 from sqsd import logs, scoreboard
 from sqsd.config import QueueSettings, Settings
-from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, RestartLater
+from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE, RestartLater
 from sqsd.givebacks import GiveBacks
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
 from sqsd.sqs import (
@@ -298,7 +298,7 @@ class Worker:
                 return EXIT_OK
             if self.message_limit and self.handled >= self.message_limit:
                 self.log.info("message limit reached", handled=self.handled)
-                return EXIT_OK
+                return EXIT_DONE
             recycle = self._recycle_reason()
             if recycle:
                 self.log.info("recycling worker", reason=recycle)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from sqsd.config import QueueSettings
-from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE
+from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE
 from sqsd.states import (
     CRASH_BACKOFF_MAX,
     FATAL_AFTER,
@@ -101,6 +101,21 @@ def test_signals_the_master_did_not_send_are_crashes():
     assert crash(-signal.SIGKILL).crashed
 
 
+def test_exit_0_without_being_asked_is_a_crash():
+    # sys.exit() in a handler, a stray SIGTERM: the queue must not stop for good (#10)
+    first = crash(EXIT_OK)
+    assert (first.state, first.crashed, first.failures) == (ProgramState.STARTING, True, 1)
+    assert crash(EXIT_OK, failures=1).state is ProgramState.BACKOFF
+    assert crash(EXIT_OK, failures=FATAL_AFTER - 1).state is ProgramState.FATAL
+
+
+def test_message_limit_reached_is_finished_for_good():
+    for stop_sent in (False, True):
+        restart = crash(EXIT_DONE, failures=2, stop_sent=stop_sent)
+        assert (restart.state, restart.crashed, restart.failures) == (
+            ProgramState.EXITED, False, 2)
+
+
 # -- what operators see ----------------------------------------------------------------
 
 
@@ -133,6 +148,7 @@ def test_exits_read_as_before():
     assert str(WorkerExit(-signal.SIGKILL, "killed after graceful_timeout")) == (
         "killed by SIGKILL (killed after graceful_timeout)")
     assert str(WorkerExit(-200)) == "killed by signal 200"
+    assert str(WorkerExit(EXIT_DONE)) == "message limit reached (exit 79)"
 
 
 def test_an_unknown_slot_byte_reads_as_starting():
