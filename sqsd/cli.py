@@ -72,7 +72,7 @@ def run(
     # Until the master takes over its signals, a stop request ends start-up cleanly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_during_startup)
-    from sqsd import logs
+    from sqsd import logs, plan
     from sqsd.control.server import SocketInUse
     from sqsd.local import LocalEndpoint, environment_for_children
     from sqsd.master import Master
@@ -84,13 +84,13 @@ def run(
     preload()
     try:
         import_receivers(settings)
-        master = Master(settings, config_path, queues, suffix, message_limit)
+        wanted_queues = plan.queue_settings(settings, queues, suffix)
         for name in queues:
-            if name not in master.queues:
+            if name not in wanted_queues:
                 raise ConfigError(
                     f"{config_path}: queue {name!r} is neither configured nor registered"
                 )
-        master.wanted_programs(settings, master.queues)
+        plan.wanted(settings, wanted_queues)  # every handler resolves before anything starts
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     endpoint = None
@@ -100,8 +100,9 @@ def run(
         except RuntimeError as exc:
             fail(str(exc))
         environment_for_children(endpoint.url)
-        master.settings = replace(settings, endpoint_url=endpoint.url, create_queues=True)
+        settings = replace(settings, endpoint_url=endpoint.url, create_queues=True)
         logs.get("sqsd").info("local SQS endpoint started", url=endpoint.url)
+    master = Master(settings, config_path, queues, suffix, message_limit)
     try:
         code = master.run()
     except SocketInUse as exc:
@@ -120,15 +121,14 @@ def _exit_during_startup(signum: int, frame: object) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the configuration, import receivers and reach every queue."""
-    from sqsd.master import Master
+    from sqsd import plan
     from sqsd.registry import import_receivers
     from sqsd.sqs import describe_error, is_missing_queue, make_client
 
     settings = load_settings(config_path)
     try:
         import_receivers(settings)
-        master = Master(settings, config_path)
-        programs = master.wanted_programs(settings, master.queues)
+        specs = plan.wanted(settings, plan.queue_settings(settings)).values()
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if settings.endpoint_url == "local":
@@ -136,7 +136,7 @@ def check(config_path: str) -> None:
         return
     client = make_client(settings, wait_time_seconds=0)
     names = sorted(
-        {p.spec.url_name for p in programs} | {p.spec.dead_letter_name for p in programs} - {""}
+        {s.url_name for s in specs} | {s.dead_letter_name for s in specs if s.dead_letter_name}
     )
     problems = 0
     for name in names:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import gc
-import importlib
 import os
 import random
 import selectors
@@ -27,12 +26,12 @@ from typing import Any
 import setproctitle
 
 from sqsd import config as config_module
-from sqsd import logs, notify, scoreboard
-from sqsd.config import QueueSettings, Settings
+from sqsd import logs, notify, plan, scoreboard
+from sqsd.config import Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from sqsd.givebacks import GiveBacks
-from sqsd.message import Message
-from sqsd.registry import REGISTRY, import_receivers, registered_queues
+from sqsd.plan import WorkerSpec
+from sqsd.registry import import_receivers
 from sqsd.states import (
     STOPPED_STATES,
     Program,
@@ -43,7 +42,7 @@ from sqsd.states import (
     after_exit,
     hang_reason,
 )
-from sqsd.worker import Worker, WorkerSpec
+from sqsd.worker import Worker
 
 QUICK_STOP_GRACE = 3.0  # seconds a quick stop leaves workers to flush their deletes
 KILL_AFTER_ABORT = 5.0  # seconds between SIGABRT (stack dump) and SIGKILL of a hung worker
@@ -99,7 +98,7 @@ class Master:
         self.poked = False  # the wanted set changed: supervise at the next turn
         self.supervised = 0.0  # when supervision last ran
         self._signal_r, self._signal_w = socket.socketpair()
-        self.queues = self.queue_settings(self.settings)
+        self.queues = plan.queue_settings(self.settings, self.only_queues, self.only_suffix)
         self.fd_closers.append(self.notifier.close)
 
     # -- life cycle ---------------------------------------------------------------------
@@ -123,7 +122,8 @@ class Master:
         self.control = ControlPlane(self)
         self.control.start()
         self.set_title()
-        self.programs = {p.key: p for p in self.wanted_programs(self.settings, self.queues)}
+        wanted = plan.wanted(self.settings, self.queues, self.scale_overrides)
+        self.programs = {key: Program(spec) for key, spec in wanted.items()}
         if not self.programs:
             self.log.warning("no queues to run: configure [queues.NAME] or register receivers")
         gc.freeze()  # preloaded objects stay shared copy-on-write: the collector won't touch them
@@ -282,8 +282,8 @@ class Master:
         try:
             settings = config_module.load(self.config_path)
             import_receivers(settings)
-            queues = self.queue_settings(settings)
-            wanted = {p.key: p for p in self.wanted_programs(settings, queues, overrides={})}
+            queues = plan.queue_settings(settings, self.only_queues, self.only_suffix)
+            wanted = plan.wanted(settings, queues)
         except ConfigError as exc:
             self.log.error("reload failed; keeping the running configuration", error=str(exc))
             self.notifier.send("READY=1")
@@ -291,33 +291,25 @@ class Master:
         if settings.socket != self.settings.socket:
             self.log.warning("socket changes need a restart; keeping", socket=self.settings.socket)
             settings = replace(settings, socket=self.settings.socket)
-        daemon_changed = worker_environment(settings) != worker_environment(self.settings)
+        changes = plan.diff(
+            self.running_specs(),
+            wanted,
+            environment_changed=(
+                plan.worker_environment(settings) != plan.worker_environment(self.settings)
+            ),
+        )
         if (settings.log_format, settings.log_level) != (
             self.settings.log_format,
             self.settings.log_level,
         ):
             logs.configure(settings.log_format, settings.log_level)
-        self.settings = settings
-        self.queues = queues
+        self.settings, self.queues = settings, queues
         self.scale_overrides.clear()
-        for key, program in self.programs.items():
-            new = wanted.pop(key, None)
-            if new is None:
-                program.retired = True
-                self.stop_worker(program, reason="removed by reload")
-                continue
-            program.retired = False  # wanted again while an earlier change was stopping it
-            if new.spec != program.spec or daemon_changed:
-                program.spec = new.spec
-                program.failures = 0
-                if program.worker is not None:
-                    self.stop_worker(program, reason="settings changed by reload")
-                elif program.state in (*STOPPED_STATES, ProgramState.BACKOFF):
-                    program.state = ProgramState.STARTING
-            elif program.state in (ProgramState.FATAL, ProgramState.BACKOFF):
+        self.apply(changes, wanted, stop_reason="removed by reload")
+        for key in changes.keep:  # a reload is the second chance of what was given up
+            program = self.programs[key]
+            if program.state in (ProgramState.FATAL, ProgramState.BACKOFF):
                 program.state, program.failures = ProgramState.STARTING, 0
-        self.programs.update(wanted)
-        self.poked = True
         self.log.info("configuration reloaded", workers=len(self.active_programs()))
         self.notifier.send("READY=1")
         return None
@@ -330,79 +322,40 @@ class Master:
         if suffix not in queue_settings.suffixes:
             raise KeyError(f"queue {queue!r} has no suffix {suffix!r}")
         self.scale_overrides[(queue, suffix)] = processes
-        wanted = {p.key: p for p in self.wanted_programs(self.settings, self.queues)}
-        for key, program in self.programs.items():
-            if key[:2] == (queue, suffix) and key not in wanted:
-                program.retired = True
-                self.stop_worker(program, reason="scaled down")
-        for key, program in wanted.items():
-            self.programs.setdefault(key, program).retired = False
-        self.poked = True
+        wanted = plan.wanted(self.settings, self.queues, self.scale_overrides)
+        self.apply(plan.diff(self.running_specs(), wanted), wanted, stop_reason="scaled down")
         return processes
+
+    def running_specs(self) -> dict[plan.Key, WorkerSpec]:
+        return {key: program.spec for key, program in self.programs.items()}
+
+    def apply(
+        self, changes: plan.Changes, wanted: dict[plan.Key, WorkerSpec], *, stop_reason: str
+    ) -> None:
+        """Make the running set what ``wanted`` says; supervision does the rest."""
+        for key in changes.stop:
+            program = self.programs[key]
+            program.retired = True
+            self.stop_worker(program, reason=stop_reason)
+        for key in changes.restart:
+            program = self.programs[key]
+            program.spec, program.failures, program.retired = wanted[key], 0, False
+            if program.worker is not None:
+                self.stop_worker(program, reason="settings changed by reload")
+            elif program.state in (*STOPPED_STATES, ProgramState.BACKOFF):
+                program.state = ProgramState.STARTING
+        for key in changes.keep:
+            self.programs[key].retired = False  # wanted again while a change was stopping it
+        for key in changes.start:
+            self.programs[key] = Program(wanted[key])
+        self.poked = True
 
     def scale_all(self, delta: int) -> None:
         for (queue, suffix), count in self.process_counts().items():
             self.scale(queue, suffix, max(0, count + delta))
 
     def process_counts(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for queue in self.queues.values():
-            for suffix in queue.suffixes:
-                counts[(queue.name, suffix)] = self.scale_overrides.get(
-                    (queue.name, suffix), queue.processes
-                )
-        return counts
-
-    # -- the wanted set -----------------------------------------------------------------
-
-    def queue_settings(self, settings: Settings) -> dict[str, QueueSettings]:
-        """Every queue to run: configured ones and those registered in code, filtered by
-        ``sqsd run QUEUE...``."""
-        names = list(settings.queues) + registered_queues(settings)
-        if self.only_queues:
-            names = [n for n in names if n in self.only_queues]
-        result: dict[str, QueueSettings] = {}
-        for name in names:
-            registration = REGISTRY.get(name)
-            options = registration.options if registration else None
-            queue = settings.queue_settings(name, options)
-            if self.only_suffix is not None:
-                queue = replace(queue, suffixes=(self.only_suffix,))
-            result[name] = queue
-        return result
-
-    def wanted_programs(
-        self,
-        settings: Settings,
-        queues: dict[str, QueueSettings],
-        overrides: dict[tuple[str, str], int] | None = None,
-    ) -> list[Program]:
-        """One program per queue, suffix and process, with handlers resolved (preload)."""
-        overrides = self.scale_overrides if overrides is None else overrides
-        programs = []
-        for queue in queues.values():
-            handler, message_class = resolve_handler(settings, queue)
-            after = (
-                resolve_reference(settings, queue, "after_message") if queue.after_message else None
-            )
-            for suffix in queue.suffixes:
-                for index in range(overrides.get((queue.name, suffix), queue.processes)):
-                    spec = WorkerSpec(
-                        queue=queue,
-                        suffix=suffix,
-                        url_name=settings.queue_url_name(queue.name, suffix),
-                        dead_letter_name=(
-                            settings.queue_url_name(queue.dead_letter_queue)
-                            if queue.dead_letter_queue
-                            else ""
-                        ),
-                        handler=handler,
-                        message_class=message_class,
-                        after_message=after,
-                        index=index,
-                    )
-                    programs.append(Program(spec))
-        return programs
+        return plan.process_counts(self.queues, self.scale_overrides)
 
     def active_programs(self) -> list[Program]:
         return [p for p in self.programs.values() if not p.retired]
@@ -614,59 +567,3 @@ class Master:
         if fatal:
             status += f", {fatal} fatal"
         self.notifier.status(status)
-
-
-def worker_environment(settings: Settings) -> tuple[Any, ...]:
-    """The daemon-wide keys a running worker was started with: a reload that changes
-    them restarts every worker."""
-    return (
-        settings.region,
-        settings.endpoint_url,
-        settings.create_queues,
-        settings.failed_log,
-        settings.queue_prefix,
-    )
-
-
-def resolve_reference(settings: Settings, queue: QueueSettings, key: str) -> Any:
-    """Import ``module:attribute`` named by a queue key."""
-    reference = getattr(queue, key)
-    module_name, _, attribute = reference.partition(":")
-    where = f"{settings.path}: [queues.{queue.name}] {key}"
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(
-            f"{where}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
-        ) from None
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ConfigError(
-            f"{where}: module {module_name!r} has no attribute {attribute!r}"
-        ) from None
-
-
-def resolve_handler(
-    settings: Settings, queue: QueueSettings
-) -> tuple[Callable[[Message], Any], type[Message]]:
-    """The callable and message class for ``queue``: its ``receiver`` key, else a registration."""
-    registration = REGISTRY.get(queue.name)
-    message_class: type[Message] = registration.message_class if registration else Message
-    if queue.message_class:
-        message_class = resolve_reference(settings, queue, "message_class")
-    if queue.receiver:
-        handler = resolve_reference(settings, queue, "receiver")
-        # A @receiver proxy or @task wrapper named in config: call what the worker should run.
-        handler = getattr(handler, "handle", None) or getattr(handler, "direct", None) or handler
-        if not callable(handler):
-            raise ConfigError(
-                f"{settings.path}: [queues.{queue.name}] receiver: expected a callable"
-            )
-        return handler, message_class
-    if registration is None:
-        raise ConfigError(
-            f'{settings.path}: [queues.{queue.name}] receiver: expected a "module:callable" '
-            "(no @receiver or @task registered this queue)"
-        )
-    return registration.handler, message_class

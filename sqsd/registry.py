@@ -66,7 +66,6 @@ def _with_plain_queue(suffixes: Any) -> list[str]:
     return items if "" in items else ["", *items]
 
 
-
 IMPORTED_QUEUES: set[str] = set()  # registered while an `imports` module was imported
 
 

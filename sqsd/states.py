@@ -21,7 +21,7 @@ from sqsd.sqs import READ_TIMEOUT_MARGIN
 
 if TYPE_CHECKING:
     from sqsd.config import QueueSettings
-    from sqsd.worker import WorkerSpec
+    from sqsd.plan import WorkerSpec
 
 CRASH_BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0  # a worker up this long resets its crash backoff
@@ -134,7 +134,7 @@ class Program:
 
     @property
     def key(self) -> tuple[str, str, int]:
-        return (self.spec.queue.name, self.spec.suffix, self.spec.index)
+        return self.spec.key
 
 
 def shown_state(program: Program) -> str:

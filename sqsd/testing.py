@@ -41,8 +41,8 @@ from sqsd import config as config_module
 from sqsd import producer as producer_module
 from sqsd.config import QueueSettings, Settings
 from sqsd.errors import RestartLater
-from sqsd.master import resolve_handler, resolve_reference
 from sqsd.message import Message
+from sqsd.plan import resolve_handler, resolve_reference
 from sqsd.producer import Producer
 from sqsd.registry import REGISTRY
 from sqsd.sqs import encode_attributes

@@ -15,17 +15,16 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import setproctitle
 
 from sqsd import logs, scoreboard
-from sqsd.config import QueueSettings, Settings
+from sqsd.config import Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE, RestartLater
 from sqsd.givebacks import GiveBacks
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
+from sqsd.plan import WorkerSpec  # re-exported: its home was here
 from sqsd.sqs import (
     MAX_ATTRIBUTES,
     MAX_BATCH,
@@ -44,24 +43,6 @@ ERROR_BACKOFF_MAX = 30.0
 RETRY_DELAY_BASE = 5  # RestartLater without delay: 5 s, 10 s, 20 s, ... per receive
 RETRY_DELAY_MAX = 900
 DLQ_ERROR_ATTRIBUTE = "sqsd_error"
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything one worker process needs, resolved by the master before fork."""
-
-    queue: QueueSettings
-    suffix: str
-    url_name: str
-    dead_letter_name: str
-    handler: Callable[[Message], Any]
-    message_class: type[Message]
-    after_message: Callable[[Message], Any] | None
-    index: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.queue.name}:{self.suffix}" if self.suffix else self.queue.name
 
 
 class StopReceiving(BaseException):  # noqa: N818 - a control-flow signal, not an error
