@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sqsd.config import QueueSettings, Settings
+from sqsd.contrib.django.hooks import close_django_connections
 from sqsd.errors import ConfigError
 from sqsd.message import Message
 from sqsd.registry import REGISTRY, registered_queues
@@ -190,8 +191,33 @@ def resolve_handler(
     return registration.handler, message_class
 
 
+@dataclass(frozen=True)
+class AfterMessage:
+    """Several ``after_message`` hooks run in order; each runs even when one before it
+    failed, and the first failure is raised (the worker logs it). Equal when its hooks are,
+    so a reload does not take it for a change."""
+
+    hooks: tuple[Callable[[Message], Any], ...]
+
+    def __call__(self, message: Message) -> None:
+        failure: Exception | None = None
+        for hook in self.hooks:
+            try:
+                hook(message)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+
 def after_message_hook(settings: Settings, queue: QueueSettings) -> Callable[[Message], Any] | None:
-    """What runs after each message: the ``after_message`` key's callable, if any."""
-    if not queue.after_message:
-        return None
-    return resolve_reference(settings, queue, "after_message")
+    """What runs after each message: the ``after_message`` key's callable, then, with
+    ``close_database``, the closing of Django's stale connections."""
+    hooks = []
+    if queue.after_message:
+        hooks.append(resolve_reference(settings, queue, "after_message"))
+    if queue.close_database:
+        hooks.append(close_django_connections)
+    if len(hooks) > 1:
+        return AfterMessage(tuple(hooks))
+    return hooks[0] if hooks else None

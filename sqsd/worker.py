@@ -7,7 +7,6 @@ the visibility of messages still in hand (the one running and those waiting in i
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import select
@@ -624,8 +623,6 @@ class Worker:
         try:
             if self.spec.after_message is not None:
                 self.spec.after_message(message)
-            if self.queue.close_database:
-                close_django_connections()
         except Exception:
             self.log.exception("after_message hook failed", message_id=message.id)
 
@@ -679,12 +676,3 @@ class MissingQueue(Exception):  # noqa: N818
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
-
-def close_django_connections() -> None:
-    """``close_database``: close Django's stale connections when Django is set up."""
-    try:
-        from django.db import close_old_connections
-    except ImportError:
-        return
-    with contextlib.suppress(Exception):
-        close_old_connections()

@@ -132,3 +132,29 @@ def test_planning_imports_no_supervisor():
     code = ("import sys, sqsd.testing, sqsd.plan, sqsd.cli; "
             "assert 'sqsd.master' not in sys.modules, 'sqsd.master imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_close_database_is_an_after_message_hook_composed_after_the_queues_own():
+    from sqsd.contrib.django.hooks import close_django_connections
+
+    s = settings(a={"close_database": True},
+                 b={"close_database": True, "after_message": f"{__name__}:after"})
+    wanted = plan.wanted(s, plan.queue_settings(s))
+    assert wanted[("a", "", 0)].after_message is close_django_connections
+    assert wanted[("b", "", 0)].after_message == plan.AfterMessage(
+        (after, close_django_connections))
+
+
+def test_composed_hooks_all_run_and_the_first_failure_is_raised():
+    calls = []
+
+    def failing(message):
+        calls.append("failing")
+        raise ValueError("first")
+
+    def counting(message):
+        calls.append("counting")
+
+    with pytest.raises(ValueError, match="first"):
+        plan.AfterMessage((failing, counting))("message")
+    assert calls == ["failing", "counting"]
