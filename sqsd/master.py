@@ -9,29 +9,24 @@ the wanted one (``manage_workers``), so restarts fall out of reconciliation.
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import gc
 import os
 import random
-import selectors
 import signal
-import socket
-import sys
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import setproctitle
 
+from sqsd import children, logs, notify, plan, scoreboard
 from sqsd import config as config_module
-from sqsd import logs, notify, plan, scoreboard
 from sqsd.config import Settings
-from sqsd.errors import EXIT_CONFIG, EXIT_OK, ConfigError
+from sqsd.control.commands import ControlPlane
+from sqsd.errors import EXIT_OK, ConfigError
 from sqsd.givebacks import GiveBacks
+from sqsd.loop import EventLoop
 from sqsd.plan import WorkerSpec
-from sqsd.registry import import_receivers
 from sqsd.states import (
     STOPPED_STATES,
     Program,
@@ -40,22 +35,14 @@ from sqsd.states import (
     WorkerProcess,
     WorkerState,
     after_exit,
-    hang_reason,
+    exit_code_when_done,
+    health_summary,
+    overdue,
 )
 from sqsd.worker import Worker
 
 QUICK_STOP_GRACE = 3.0  # seconds a quick stop leaves workers to flush their deletes
-KILL_AFTER_ABORT = 5.0  # seconds between SIGABRT (stack dump) and SIGKILL of a hung worker
 LOOP_TICK = 1.0
-HANDLED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGCHLD,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-)
 
 
 class ShutdownComplete(Exception):  # noqa: N818
@@ -75,31 +62,40 @@ class Master:
     only_queues: tuple[str, ...] = ()
     only_suffix: str | None = None
     message_limit: int = 0
-    programs: dict[tuple[str, str, int], Program] = field(default_factory=dict)
+    programs: dict[plan.Key, Program] = field(default_factory=dict)
     scale_overrides: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.log = logs.get("sqsd.master")
         self.pid = os.getpid()
         self.started = time.monotonic()
-        self.selector = selectors.DefaultSelector()
+        self.loop = EventLoop()
         self.scoreboard = scoreboard.Scoreboard()
         self.givebacks = GiveBacks()
-        self.signal_queue: list[int] = []
         self.stopping_since = 0.0
         self.graceful_deadline = 0.0
         self.quick = False
         self.ready_sent = False
         self.exit_code = EXIT_OK
-        self.control: Any = None  # sqsd.control.commands.ControlPlane, set in start()
         self.notifier = notify.Notifier()
-        self.fd_closers: list[Callable[[], None]] = []  # run in every forked child
-        self.timers: list[tuple[float, Callable[[], None]]] = []
+        self.control = ControlPlane(self, self.loop)
         self.poked = False  # the wanted set changed: supervise at the next turn
         self.supervised = 0.0  # when supervision last ran
-        self._signal_r, self._signal_w = socket.socketpair()
         self.queues = plan.queue_settings(self.settings, self.only_queues, self.only_suffix)
-        self.fd_closers.append(self.notifier.close)
+        # One table says which signals the master catches and what each one does.
+        self.signal_handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self.handle_sigterm,
+            signal.SIGINT: self.handle_sigint,
+            signal.SIGQUIT: self.handle_sigquit,
+            signal.SIGHUP: self.handle_sighup,
+            signal.SIGCHLD: self.reap_workers,
+            signal.SIGTTIN: self.handle_sigttin,
+            signal.SIGTTOU: self.handle_sigttou,
+        }
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.stopping_since)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -116,12 +112,9 @@ class Master:
         return code
 
     def start(self) -> None:
-        from sqsd.control.commands import ControlPlane
-
-        self.install_signal_handlers()
-        self.control = ControlPlane(self)
+        self.loop.catch_signals(self.signal_handlers)
         self.control.start()
-        self.set_title()
+        setproctitle.setproctitle(f"sqsd: master -c {self.config_path}")
         wanted = plan.wanted(self.settings, self.queues, self.scale_overrides)
         self.programs = {key: Program(spec) for key, spec in wanted.items()}
         if not self.programs:
@@ -139,21 +132,16 @@ class Master:
     def cleanup(self) -> None:
         if not self.stopping_since:
             self.notifier.send("STOPPING=1")
-        if self.control is not None:
-            self.control.close()
-        signal.set_wakeup_fd(-1)
-        self.selector.close()
+        self.control.close()
+        self.loop.close()
 
     def loop_once(self) -> None:
-        events = self.selector.select(self.next_timeout())
-        for key, _ in events:
-            key.data()
-        if self.timers:
-            self.run_timers()
+        served = self.loop.run_once(self.next_timeout())
         now = time.monotonic()
         # A turn that only served control clients (a wake-up flood, say) leaves supervision
         # to its own pace: signals, pokes, a quiet select or a tick's worth of time.
-        if events and not (self.signal_queue or self.poked) and now - self.supervised < LOOP_TICK:
+        only_clients = served and not (self.loop.signals_pending or self.poked)
+        if only_clients and now - self.supervised < LOOP_TICK:
             return
         self.poked = False
         self.supervised = now
@@ -166,63 +154,39 @@ class Master:
         if self.stopping_since:
             self.check_stopped()
 
-    def run_timers(self) -> None:
-        now = time.monotonic()
-        due = [t for t in self.timers if t[0] <= now]
-        if due:
-            self.timers = [t for t in self.timers if t[0] > now]
-            for _, action in due:
-                action()
-
     def next_timeout(self) -> float:
         timeout = min(LOOP_TICK, self.notifier.watchdog_interval or LOOP_TICK)
         now = time.monotonic()
-        for when, _ in self.timers:
-            timeout = min(timeout, max(0.0, when - now))
         for program in self.programs.values():
             if program.worker is None and program.state is ProgramState.BACKOFF:
                 timeout = min(timeout, max(0.0, program.next_start - now))
         return timeout
 
-    # -- signals ------------------------------------------------------------------------
-
-    def install_signal_handlers(self) -> None:
-        for sock in (self._signal_r, self._signal_w):
-            sock.setblocking(False)
-        signal.set_wakeup_fd(self._signal_w.fileno(), warn_on_full_buffer=False)
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, self._enqueue_signal)
-        self.selector.register(self._signal_r, selectors.EVENT_READ, self._drain_signal_pipe)
-        self.fd_closers.append(self._signal_r.close)
-        self.fd_closers.append(self._signal_w.close)
-
-    def _enqueue_signal(self, signum: int, frame: Any) -> None:
-        self.signal_queue.append(signum)
-
-    def _drain_signal_pipe(self) -> None:
-        try:
-            while self._signal_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+    # -- signals: the handlers only queue them; the work happens here --------------------
 
     def handle_signals(self) -> None:
-        while self.signal_queue:
-            signum = self.signal_queue.pop(0)
-            if signum == signal.SIGCHLD:
-                continue  # reap_workers runs every turn
-            name = signal.Signals(signum).name
-            self.log.info("signal received", signal=name)
-            if signum == signal.SIGTERM:
-                self.begin_stop(quick=False)
-            elif signum == signal.SIGINT:
-                self.begin_stop(quick=bool(self.stopping_since))
-            elif signum == signal.SIGQUIT:
-                self.begin_stop(quick=True)
-            elif signum == signal.SIGHUP:
-                self.reload()
-            elif signum in (signal.SIGTTIN, signal.SIGTTOU):
-                self.scale_all(1 if signum == signal.SIGTTIN else -1)
+        for signum in self.loop.pop_signals():
+            if signum != signal.SIGCHLD:
+                self.log.info("signal received", signal=signal.Signals(signum).name)
+            self.signal_handlers[signum]()
+
+    def handle_sigterm(self) -> None:
+        self.begin_stop(quick=False)
+
+    def handle_sigint(self) -> None:
+        self.begin_stop(quick=self.stopping)  # a second Ctrl-C hurries up
+
+    def handle_sigquit(self) -> None:
+        self.begin_stop(quick=True)
+
+    def handle_sighup(self) -> None:
+        self.reload()
+
+    def handle_sigttin(self) -> None:
+        self.scale_all(+1)
+
+    def handle_sigttou(self) -> None:
+        self.scale_all(-1)
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -276,14 +240,10 @@ class Master:
 
     def reload(self) -> str | None:
         """Re-read the configuration; on error keep running the old one. Returns the error."""
-        self.notifier.send(
-            f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
-        )
+        self.notifier.reloading()
         try:
             settings = config_module.load(self.config_path)
-            import_receivers(settings)
-            queues = plan.queue_settings(settings, self.only_queues, self.only_suffix)
-            wanted = plan.wanted(settings, queues)
+            queues, wanted = plan.prepare(settings, self.only_queues, self.only_suffix)
         except ConfigError as exc:
             self.log.error("reload failed; keeping the running configuration", error=str(exc))
             self.notifier.send("READY=1")
@@ -305,11 +265,7 @@ class Master:
             logs.configure(settings.log_format, settings.log_level)
         self.settings, self.queues = settings, queues
         self.scale_overrides.clear()
-        self.apply(changes, wanted, stop_reason="removed by reload")
-        for key in changes.keep:  # a reload is the second chance of what was given up
-            program = self.programs[key]
-            if program.state in (ProgramState.FATAL, ProgramState.BACKOFF):
-                program.state, program.failures = ProgramState.STARTING, 0
+        self.apply(changes, wanted, stop_reason="removed by reload", second_chance=True)
         self.log.info("configuration reloaded", workers=len(self.active_programs()))
         self.notifier.send("READY=1")
         return None
@@ -330,9 +286,15 @@ class Master:
         return {key: program.spec for key, program in self.programs.items()}
 
     def apply(
-        self, changes: plan.Changes, wanted: dict[plan.Key, WorkerSpec], *, stop_reason: str
+        self,
+        changes: plan.Changes,
+        wanted: dict[plan.Key, WorkerSpec],
+        *,
+        stop_reason: str,
+        second_chance: bool = False,
     ) -> None:
-        """Make the running set what ``wanted`` says; supervision does the rest."""
+        """Make the running set what ``wanted`` says; supervision does the rest. With
+        ``second_chance`` (a reload), programs given up or backing off start again."""
         for key in changes.stop:
             program = self.programs[key]
             program.retired = True
@@ -345,7 +307,10 @@ class Master:
             elif program.state in (*STOPPED_STATES, ProgramState.BACKOFF):
                 program.state = ProgramState.STARTING
         for key in changes.keep:
-            self.programs[key].retired = False  # wanted again while a change was stopping it
+            program = self.programs[key]
+            program.retired = False  # wanted again while a change was stopping it
+            if second_chance and program.state in (ProgramState.FATAL, ProgramState.BACKOFF):
+                program.state, program.failures = ProgramState.STARTING, 0
         for key in changes.start:
             self.programs[key] = Program(wanted[key])
         self.poked = True
@@ -384,47 +349,23 @@ class Master:
         slot = self.scoreboard.allocate()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
-        pid = os.fork()
-        if pid == 0:
-            os.close(wake_w)
-            self.run_in_child(lambda: self.worker_main(program.spec, slot, wake_r))
+        pid = self.fork(lambda: self.worker_main(program.spec, slot, wake_r), close=(wake_w,))
         os.close(wake_r)
         program.worker = WorkerProcess(pid=pid, slot=slot, wake_fd=wake_w, started=time.monotonic())
         program.state = ProgramState.RUNNING
         self.log.info("worker spawned", queue=program.spec.label, pid=pid, index=program.spec.index)
 
-    def run_in_child(self, main: Callable[[], int]) -> None:
-        """In a freshly forked child: undo the master's state, run ``main``, never return."""
-        code = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            for signum in HANDLED_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
-            notify.set_parent_death_signal(signal.SIGTERM)
-            if os.getppid() != self.pid:
-                os._exit(EXIT_OK)
-            self.selector.close()
-            for close in self.fd_closers:
-                close()
-            if self.control is not None:
-                self.control.close_in_child()
-            for other in self.programs.values():
-                if other.worker is not None:
-                    os.close(other.worker.wake_fd)
-            os.environ.pop("NOTIFY_SOCKET", None)
-            os.environ.pop("WATCHDOG_USEC", None)
-            faulthandler.enable()
-            code = main()
-        except SystemExit as exc:
-            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+    def fork(self, main: Callable[[], int], close: Iterable[int] = ()) -> int:
+        """Fork a child that runs ``main`` and never returns into master code; its pid."""
+
+        def undo() -> None:
+            self.loop.close_in_child()
+            self.notifier.close()
+            self.control.close_in_child()
+            for fd in [*close, *(p.worker.wake_fd for p in self.programs.values() if p.worker)]:
+                os.close(fd)
+
+        return children.fork(main, undo=undo)
 
     def worker_main(self, spec: WorkerSpec, slot: scoreboard.Slot, wake_fd: int) -> int:
         setproctitle.setproctitle(f"sqsd: worker {spec.label} {WorkerState.STARTING.label}")
@@ -447,12 +388,11 @@ class Master:
                 return
             if pid == 0:
                 return
-            program = self.program_by_pid(pid)
-            if program is None:
-                if self.control is not None:
-                    self.control.child_exited(pid, status)
-                continue
-            self.worker_exited(program, status)
+            by_pid = {p.worker.pid: p for p in self.programs.values() if p.worker is not None}
+            if pid in by_pid:
+                self.worker_exited(by_pid[pid], status)
+            else:
+                self.control.child_exited(pid, status)
 
     def worker_exited(self, program: Program, status: int) -> None:
         worker = program.worker
@@ -487,83 +427,48 @@ class Master:
         self.check_all_fatal()
 
     def check_all_fatal(self) -> None:
-        active = self.active_programs()
-        if active and all(p.state in STOPPED_STATES for p in active):
-            fatal = [p for p in active if p.state is ProgramState.FATAL]
-            if not fatal:
-                self.exit_code = EXIT_OK
-            elif all(p.last_exit and p.last_exit.code == EXIT_CONFIG for p in fatal):
-                self.exit_code = EXIT_CONFIG  # systemd's RestartPreventExitStatus=78 applies
-            else:
-                self.exit_code = 1
-            self.begin_stop(quick=False, reason="every queue is fatal" if fatal else "all done")
+        code = exit_code_when_done(self.active_programs())
+        if code is not None:
+            self.exit_code = code
+            self.begin_stop(
+                quick=False, reason="all done" if code == EXIT_OK else "every queue is fatal"
+            )
 
     def murder_workers(self) -> None:
         """Abort (stack dump) then kill workers stuck on one message or silent too long."""
         now = time.monotonic()
         for program in self.programs.values():
             worker = program.worker
-            if worker is None:
+            verdict = worker and overdue(worker, program.spec.queue, now, stopping=self.stopping)
+            if not worker or not verdict:
                 continue
-            if worker.abort_sent:
-                if now - worker.abort_sent > KILL_AFTER_ABORT:
-                    self.kill(worker.pid, signal.SIGKILL)
-                continue
-            if worker.stop_sent:
-                if (
-                    now - worker.stop_sent > program.spec.queue.graceful_timeout
-                    and not self.stopping_since
-                ):
-                    worker.reason = worker.reason or "killed after graceful_timeout"
-                    self.kill(worker.pid, signal.SIGKILL)
-                continue
-            reason = hang_reason(program.spec.queue, worker.slot.read(), now)
-            if reason:
-                self.log.error(
-                    "worker hung; aborting", queue=program.spec.label, pid=worker.pid, reason=reason
-                )
-                worker.reason = reason
+            signum, worker.reason = verdict
+            if signum == signal.SIGABRT:
+                log = self.log.bind(queue=program.spec.label, pid=worker.pid)
+                log.error("worker hung; aborting", reason=worker.reason)
                 worker.abort_sent = now
-                self.kill(worker.pid, signal.SIGABRT)
-
-    def program_by_pid(self, pid: int) -> Program | None:
-        for program in self.programs.values():
-            if program.worker is not None and program.worker.pid == pid:
-                return program
-        return None
+            self.kill(worker.pid, signum)
 
     # -- wake-ups -----------------------------------------------------------------------
 
     def wake(self, queue: str, suffix: str | None) -> int:
         """Wake the workers of ``queue`` (one suffix, or all); returns how many."""
-        woken = 0
-        for program in self.programs.values():
-            spec = program.spec
-            if spec.queue.name != queue or (suffix is not None and spec.suffix != suffix):
-                continue
-            if program.worker is None:
-                continue
+        workers = [
+            p.worker
+            for p in self.programs.values()
+            if p.worker is not None
+            and p.spec.queue.name == queue
+            and suffix in (None, p.spec.suffix)
+        ]
+        for worker in workers:
             # A full pipe already holds a wake-up; a closed one belongs to a worker being reaped.
             with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(program.worker.wake_fd, b"w")
-            woken += 1
-        return woken
+                os.write(worker.wake_fd, b"w")
+        return len(workers)
 
     # -- observability ------------------------------------------------------------------
 
-    def set_title(self) -> None:
-        setproctitle.setproctitle(f"sqsd: master -c {self.config_path}")
-
     def report_health(self) -> None:
-        if not self.notifier.enabled:
-            return
-        self.notifier.watchdog()
-        running = sum(1 for p in self.programs.values() if p.worker is not None)
-        fatal = sum(1 for p in self.programs.values() if p.state is ProgramState.FATAL)
-        backoff = sum(1 for p in self.programs.values() if p.state is ProgramState.BACKOFF)
-        status = f"{running} worker{'s' if running != 1 else ''} running"
-        if backoff:
-            status += f", {backoff} in crash backoff"
-        if fatal:
-            status += f", {fatal} fatal"
-        self.notifier.status(status)
+        if self.notifier.enabled:
+            self.notifier.watchdog()
+            self.notifier.status(health_summary(self.programs.values()))

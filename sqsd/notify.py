@@ -46,6 +46,12 @@ class Notifier:
             return False
         return True
 
+    def reloading(self) -> None:
+        """RELOADING=1 with the time systemd asks to come with it (READY=1 ends it)."""
+        self.send(
+            f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
+
     def status(self, text: str) -> None:
         """STATUS= only when it changed (and was sent)."""
         if text != self.last_status and self.send(f"STATUS={text}"):

@@ -17,7 +17,7 @@ from sqsd.config import QueueSettings, Settings
 from sqsd.contrib.django.hooks import close_django_connections
 from sqsd.errors import ConfigError
 from sqsd.message import Message
-from sqsd.registry import REGISTRY, registered_queues
+from sqsd.registry import REGISTRY, import_receivers, registered_queues
 
 Key = tuple[str, str, int]  # (queue, suffix, index)
 Overrides = Mapping[tuple[str, str], int]  # processes per (queue, suffix), from `sqsctl scale`
@@ -74,6 +74,16 @@ def diff(
             keep.append(key)
     start = [key for key in wanted if key not in running]
     return Changes(tuple(stop), tuple(start), tuple(restart), tuple(keep))
+
+
+def prepare(
+    settings: Settings, only_queues: tuple[str, ...] = (), only_suffix: str | None = None
+) -> tuple[dict[str, QueueSettings], dict[Key, WorkerSpec]]:
+    """Import the receivers, then plan: the queues to run and the wanted specs, every
+    handler resolved. Raises ConfigError, naming the file and key, on any problem."""
+    import_receivers(settings)
+    queues = queue_settings(settings, only_queues, only_suffix)
+    return queues, wanted(settings, queues)
 
 
 def queue_settings(

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import enum
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE
+from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_FAILED, EXIT_OK, EXIT_RECYCLE
 from sqsd.sqs import READ_TIMEOUT_MARGIN
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 CRASH_BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0  # a worker up this long resets its crash backoff
 FATAL_AFTER = 8  # consecutive crashes before a program is given up until reload
+KILL_AFTER_ABORT = 5.0  # seconds between SIGABRT (stack dump) and SIGKILL of a hung worker
 SILENCE_MARGIN = 30.0
 IDLE_BEAT = 1.0  # a sleeping worker beats at least this often
 
@@ -83,7 +85,10 @@ class SlotSnapshot(Protocol):
 
     state: WorkerState
     heartbeat: float
+    state_since: float
     message_started: float
+    idle_until: float
+    counters: dict[str, int]
     message_id: str
 
 
@@ -148,6 +153,35 @@ def shown_state(program: Program) -> str:
     if worker.stop_sent:
         return "stopping"
     return worker.slot.read().state.label
+
+
+def health_summary(programs: Iterable[Program]) -> str:
+    """The one line systemd shows as the unit's status."""
+    programs = list(programs)
+    running = sum(1 for p in programs if p.worker is not None)
+    backoff = sum(1 for p in programs if p.state is ProgramState.BACKOFF)
+    fatal = sum(1 for p in programs if p.state is ProgramState.FATAL)
+    summary = f"{running} worker{'s' if running != 1 else ''} running"
+    if backoff:
+        summary += f", {backoff} in crash backoff"
+    if fatal:
+        summary += f", {fatal} fatal"
+    return summary
+
+
+def exit_code_when_done(programs: Iterable[Program]) -> int | None:
+    """The daemon's exit code once every wanted program has stopped for good (None while
+    any still runs or will start): 0 when all finished, 78 when every fatal one is a
+    configuration error (systemd's RestartPreventExitStatus=78 applies), else 1."""
+    programs = list(programs)
+    if not programs or any(p.state not in STOPPED_STATES for p in programs):
+        return None
+    fatal = [p for p in programs if p.state is ProgramState.FATAL]
+    if not fatal:
+        return EXIT_OK
+    if all(p.last_exit is not None and p.last_exit.code == EXIT_CONFIG for p in fatal):
+        return EXIT_CONFIG
+    return EXIT_FAILED
 
 
 # -- the restart policy ----------------------------------------------------------------
@@ -234,3 +268,24 @@ def hang_reason(queue: QueueSettings, view: SlotSnapshot, now: float) -> str:
     if view.state is WorkerState.IDLE and silent > IDLE_BEAT + SILENCE_MARGIN:
         return f"silent for {silent:.0f}s while idle"
     return ""
+
+
+def overdue(
+    worker: WorkerProcess, queue: QueueSettings, now: float, *, stopping: bool
+) -> tuple[signal.Signals, str] | None:
+    """The signal a worker that overstays gets now, and why; None when it is fine.
+
+    A hung worker gets SIGABRT (its stack goes to the log), then SIGKILL if it is still
+    there KILL_AFTER_ABORT later; a worker that ignores a stop gets SIGKILL after its
+    queue's graceful_timeout (the daemon's own stop keeps one deadline for all).
+    """
+    if worker.abort_sent:
+        if now - worker.abort_sent > KILL_AFTER_ABORT:
+            return signal.SIGKILL, worker.reason
+        return None
+    if worker.stop_sent:
+        if not stopping and now - worker.stop_sent > queue.graceful_timeout:
+            return signal.SIGKILL, worker.reason or "killed after graceful_timeout"
+        return None
+    reason = hang_reason(queue, worker.slot.read(), now)
+    return (signal.SIGABRT, reason) if reason else None

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import pytest
 
 from sqsd.config import QueueSettings
-from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE
+from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_FAILED, EXIT_OK, EXIT_RECYCLE
 from sqsd.states import (
     CRASH_BACKOFF_MAX,
     FATAL_AFTER,
+    KILL_AFTER_ABORT,
     STABLE_AFTER,
     Program,
     ProgramState,
@@ -19,7 +20,10 @@ from sqsd.states import (
     WorkerProcess,
     WorkerState,
     after_exit,
+    exit_code_when_done,
     hang_reason,
+    health_summary,
+    overdue,
     shown_state,
 )
 
@@ -177,3 +181,48 @@ def test_silence_while_idle_is_a_hang_after_half_a_minute():
     idle = View(WorkerState.IDLE, heartbeat=0.0)
     assert hang_reason(QUEUE, idle, 30) == ""
     assert hang_reason(QUEUE, idle, 32) == "silent for 32s while idle"
+
+
+def test_a_hung_worker_is_aborted_then_killed():
+    worker = WorkerProcess(pid=1, slot=FakeSlot(WorkerState.IDLE), wake_fd=-1, started=0.0)
+    assert overdue(worker, QUEUE, 10.0, stopping=False) is None
+    assert overdue(worker, QUEUE, 40.0, stopping=False) == (
+        signal.SIGABRT, "silent for 40s while idle")
+    worker.abort_sent, worker.reason = 40.0, "silent for 40s while idle"
+    assert overdue(worker, QUEUE, 40.0 + KILL_AFTER_ABORT, stopping=False) is None
+    assert overdue(worker, QUEUE, 41.0 + KILL_AFTER_ABORT, stopping=False) == (
+        signal.SIGKILL, "silent for 40s while idle")
+
+
+def test_a_worker_ignoring_its_stop_is_killed_after_graceful_timeout():
+    worker = WorkerProcess(pid=1, slot=FakeSlot(WorkerState.BUSY), wake_fd=-1, started=0.0,
+                           stop_sent=100.0)
+    deadline = 100.0 + QUEUE.graceful_timeout
+    assert overdue(worker, QUEUE, deadline, stopping=False) is None
+    assert overdue(worker, QUEUE, deadline + 1, stopping=False) == (
+        signal.SIGKILL, "killed after graceful_timeout")
+    assert overdue(worker, QUEUE, deadline + 1, stopping=True) is None  # one deadline for all
+
+
+def test_health_summary_is_systemds_status_line():
+    programs = [program(ProgramState.RUNNING, WorkerState.IDLE), program(ProgramState.BACKOFF),
+                program(ProgramState.FATAL)]
+    assert health_summary(programs[:1]) == "1 worker running"
+    assert health_summary(programs) == "1 worker running, 1 in crash backoff, 1 fatal"
+    assert health_summary([]) == "0 workers running"
+
+
+def given_up(code: int) -> Program:
+    p = program(ProgramState.FATAL)
+    p.last_exit = WorkerExit(code)
+    return p
+
+
+def test_the_daemon_ends_once_every_program_stopped_for_good():
+    assert exit_code_when_done([]) is None
+    assert exit_code_when_done([program(ProgramState.EXITED), program(ProgramState.BACKOFF)]) \
+        is None
+    assert exit_code_when_done([program(ProgramState.EXITED)]) == EXIT_OK
+    assert exit_code_when_done([given_up(EXIT_CONFIG), program(ProgramState.EXITED)]) \
+        == EXIT_CONFIG
+    assert exit_code_when_done([given_up(EXIT_CONFIG), given_up(1)]) == EXIT_FAILED
