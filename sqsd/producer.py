@@ -6,7 +6,6 @@ Producers read the same configuration as the daemon (``sqsd.configure(path)`` or
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -15,12 +14,13 @@ from typing import Any
 
 import sqsd_client
 from sqsd import config as config_module
+from sqsd import logs
 from sqsd.errors import ConfigError, SendError
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
 from sqsd.registry import REGISTRY
 from sqsd.sqs import encode_attributes, make_client, max_delay
 
-log = logging.getLogger("sqsd.producer")
+log = logs.library("sqsd.producer")
 
 
 class Producer:
@@ -105,7 +105,7 @@ class Producer:
             known = registration.options.get("suffixes")
         if known is not None and suffix not in known:
             log.warning(
-                "sending to suffix %r of queue %r, which lists %r", suffix, queue_name, known
+                "sending to an unknown suffix", queue=queue_name, suffix=suffix, known=known
             )
 
 
