@@ -11,9 +11,8 @@ from __future__ import annotations
 import mmap
 import struct
 import time
-from dataclasses import dataclass
 
-from sqsd.states import WorkerState
+from sqsd.states import SlotView, WorkerState  # SlotView: what read() returns
 
 COUNTERS = (
     "processed",
@@ -41,19 +40,6 @@ _COUNTERS_AT = 40
 _MESSAGE_ID_AT = _COUNTERS_AT + 8 * len(COUNTERS)
 SLOT_SIZE = 256
 assert _LAYOUT.size <= SLOT_SIZE
-
-
-@dataclass
-class SlotView:
-    """A snapshot of one slot, as the master reads it."""
-
-    state: WorkerState
-    heartbeat: float
-    state_since: float
-    message_started: float
-    idle_until: float
-    counters: dict[str, int]
-    message_id: str
 
 
 class Scoreboard:

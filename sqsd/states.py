@@ -80,8 +80,9 @@ SLEEPING_STATES = frozenset({WorkerState.IDLE, WorkerState.RETRYING})
 CALLING_STATES = frozenset({WorkerState.STARTING, WorkerState.POLLING, WorkerState.RETRYING})
 
 
-class SlotSnapshot(Protocol):
-    """What the master reads from a worker's slot (``sqsd.scoreboard.SlotView``)."""
+@dataclass
+class SlotView:
+    """A snapshot of one worker's scoreboard slot, as the master reads it."""
 
     state: WorkerState
     heartbeat: float
@@ -95,7 +96,7 @@ class SlotSnapshot(Protocol):
 class Slot(Protocol):
     """A worker's scoreboard slot (``sqsd.scoreboard.Slot``)."""
 
-    def read(self) -> SlotSnapshot: ...
+    def read(self) -> SlotView: ...
 
 
 @dataclass
@@ -253,7 +254,7 @@ def describe_exit(code: int) -> str:
 # -- hang detection --------------------------------------------------------------------
 
 
-def hang_reason(queue: QueueSettings, view: SlotSnapshot, now: float) -> str:
+def hang_reason(queue: QueueSettings, view: SlotView, now: float) -> str:
     """Why a worker counts as hung, or "" when it is fine."""
     if view.state is WorkerState.BUSY and view.message_started:
         running = now - view.message_started

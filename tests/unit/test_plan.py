@@ -26,12 +26,7 @@ def settings(**queues) -> config.Settings:
     return config.parse({"sqsd": {"queue_prefix": "p_"}, "queues": tables}, "test.toml")
 
 
-@pytest.fixture(autouse=True)
-def clean_registry():
-    before = dict(REGISTRY)
-    yield
-    REGISTRY.clear()
-    REGISTRY.update(before)
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 def test_one_spec_per_queue_suffix_and_process():
