@@ -43,6 +43,8 @@ class ProgramState(enum.Enum):
     FATAL = enum.auto()  # given up until reload (configuration error, endless crashes)
 
 
+CRASHLOOP = "crashloop"  # what operators see of BACKOFF
+
 # No worker, and none is started before a reload.
 STOPPED_STATES = frozenset({ProgramState.EXITED, ProgramState.FATAL})
 # No worker yet, one will be started.
@@ -145,14 +147,14 @@ class Program:
 
 def shown_state(program: Program) -> str:
     """The state operators see: the worker's own while it runs, else the program's, with
-    BACKOFF shown as "crashloop"."""
+    BACKOFF shown as CRASHLOOP."""
     worker = program.worker
     if worker is None:
         if program.state is ProgramState.BACKOFF:
-            return "crashloop"
+            return CRASHLOOP
         return program.state.name.lower()
     if worker.stop_sent:
-        return "stopping"
+        return WorkerState.STOPPING.label
     return worker.slot.read().state.label
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 import sqsd_client
+from sqsd.states import WorkerState
 
 SAMPLE_INTERVAL = 0.05  # how often a watched daemon's process tree is looked at
 
@@ -254,7 +255,8 @@ class LocalDaemon(DaemonProcess):
             workers = self.status()["workers"]
         except (sqsd_client.DaemonUnavailable, sqsd_client.CommandFailed):
             return False
-        return bool(workers) and all(w["state"] in ("polling", "idle") for w in workers)
+        ready = {WorkerState.POLLING.label, WorkerState.IDLE.label}
+        return bool(workers) and all(w["state"] in ready for w in workers)
 
     def wait_idle(self, queues: list[str] | tuple[str, ...] = (), timeout: float = 30.0) -> None:
         """Return once the queues are empty and their workers idle (``sqsctl wait``)."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqsd.states import CRASHLOOP, WorkerState
+
 
 def render_clear(reply: dict[str, Any], purge: bool) -> str:
     """One line per queue: what was deleted (or purged) and what stayed in flight."""
@@ -46,11 +48,11 @@ def render_status(status: dict[str, Any]) -> str:
     ]
     for w in status["workers"]:
         state = w["state"]
-        if state == "busy":
+        if state == WorkerState.BUSY.label:
             state = f"busy {w.get('message_id', '')[:8]}"
-        elif state == "idle":
+        elif state == WorkerState.IDLE.label:
             state = f"idle {w.get('idle_seconds', 0):.0f}s left"
-        elif state == "crashloop" and "retry_in" in w:
+        elif state == CRASHLOOP and "retry_in" in w:
             state = f"crashloop retry {w['retry_in']:.0f}s"
         worker_rows.append(
             (
