@@ -21,7 +21,6 @@ import sqsd_client
 from sqsd import config as config_module
 from sqsd.control.render import render_clear, render_status
 from sqsd.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, ConfigError
-from sqsd_client.protocol import DEFAULT_SOCKET
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
@@ -159,7 +158,7 @@ def check(config_path: str) -> None:
     "--socket",
     "socket_path",
     default=None,
-    help=f"Control socket (default $SQSD_SOCKET or {DEFAULT_SOCKET}).",
+    help="Control socket (default $SQSD_SOCKET or /run/sqsd/sqsd.sock).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
