@@ -26,10 +26,15 @@ def module_name(path: Path) -> str:
 
 
 def modules() -> dict[str, Path]:
+    """Every module of the packages: .py files in directories with an __init__.py (package
+    data such as example files is not code of the package)."""
     found = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
-            found[module_name(path)] = path
+            inside = path.parent.relative_to(ROOT).parts
+            if all((ROOT.joinpath(*inside[:n]) / "__init__.py").exists()
+                   for n in range(1, len(inside) + 1)):
+                found[module_name(path)] = path
     return found
 
 
