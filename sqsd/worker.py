@@ -675,4 +675,3 @@ class MissingQueue(Exception):  # noqa: N818
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-

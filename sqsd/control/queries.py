@@ -86,4 +86,3 @@ def _purge(client: Any, url: str) -> dict[str, Any]:
             "try again in a minute, or clear without --purge"
         }
     return {"purged": int(before.get("ApproximateNumberOfMessages", 0))}
-
