@@ -21,6 +21,7 @@ import sqsd_client
 from sqsd import __version__
 from sqsd import config as config_module
 from sqsd import units as units_module
+from sqsd.control.render import render_clear, render_status
 from sqsd.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, ConfigError
 
 
@@ -77,25 +78,23 @@ def run(
     # Until the master takes over its signals, a stop request ends start-up cleanly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_during_startup)
-    from sqsd import logs
+    from sqsd import logs, plan
     from sqsd.control.server import SocketInUse
     from sqsd.local import LocalEndpoint, environment_for_children
     from sqsd.local import resolve as resolve_local
-    from sqsd.master import Master, import_receivers
+    from sqsd.master import Master
     from sqsd.sqs import preload
 
     settings = load_settings(config_path)
     logs.configure(settings.log_format, settings.log_level)
     preload()
     try:
-        import_receivers(settings)
-        master = Master(settings, config_path, queues, suffix, message_limit)
+        planned, _ = plan.prepare(settings, queues, suffix)  # every handler resolves now
         for name in queues:
-            if name not in master.queues:
+            if name not in planned:
                 raise ConfigError(
                     f"{config_path}: queue {name!r} is neither configured nor registered"
                 )
-        master.wanted_programs(settings, master.queues)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     endpoint = None
@@ -105,10 +104,11 @@ def run(
         except RuntimeError as exc:
             fail(str(exc))
         environment_for_children(endpoint.url)
-        # Every reload resolves the file again the same way.
-        master.local_endpoint, master.local_only = endpoint.url, local
-        master.settings = resolve_local(settings, endpoint.url, forced=local)
+        settings = resolve_local(settings, endpoint.url, forced=local)
         logs.get("sqsd").info("local SQS endpoint started", url=endpoint.url)
+    master = Master(settings, config_path, queues, suffix, message_limit)
+    if endpoint is not None:  # every reload resolves the file again the same way
+        master.local_endpoint, master.local_only = endpoint.url, local
     try:
         code = master.run()
     except SocketInUse as exc:
@@ -127,14 +127,12 @@ def _exit_during_startup(signum: int, frame: object) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the configuration, import receivers and reach every queue."""
-    from sqsd.master import Master, import_receivers
-    from sqsd.sqs import is_missing_queue, make_client
+    from sqsd import plan
+    from sqsd.sqs import describe_error, is_missing_queue, make_client
 
     settings = load_settings(config_path)
     try:
-        import_receivers(settings)
-        master = Master(settings, config_path)
-        programs = master.wanted_programs(settings, master.queues)
+        specs = plan.prepare(settings)[1].values()
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if settings.endpoint_url == "local":
@@ -142,7 +140,7 @@ def check(config_path: str) -> None:
         return
     client = make_client(settings, wait_time_seconds=0)
     names = sorted(
-        {p.spec.url_name for p in programs} | {p.spec.dead_letter_name for p in programs} - {""}
+        {s.url_name for s in specs} | {s.dead_letter_name for s in specs if s.dead_letter_name}
     )
     problems = 0
     for name in names:
@@ -151,12 +149,9 @@ def check(config_path: str) -> None:
             click.echo(f"ok       {name}")
         except Exception as exc:
             problems += 1
+            reason = describe_error(exc)
             if is_missing_queue(exc):
-                reason = "queue does not exist (create it, or set create_queues = true)"
-            elif type(exc).__name__ == "NoCredentialsError":
-                reason = "no AWS credentials found (environment, ~/.aws or instance role)"
-            else:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason += " (create it, or set create_queues = true)"
             click.echo(f"missing  {name}: {reason}")
     if problems:
         fail(f"{problems} of {len(names)} queues not reachable")
@@ -388,109 +383,3 @@ def scale(ctx: click.Context, target: str, processes: int) -> None:
     queue, _, suffix = target.partition(":")
     reply = call(ctx, "scale", queue=queue, suffix=suffix or None, processes=processes)
     emit(ctx, reply, f"{target}: {reply['processes']} processes")
-
-
-def render_clear(reply: dict[str, Any], purge: bool) -> str:
-    """One line per queue: what was deleted (or purged) and what stayed in flight."""
-    lines = []
-    verb = "purged" if purge else "deleted"
-    for name, result in reply["queues"].items():
-        if "error" in result:
-            lines.append(f"{name}: {result['error']}")
-        else:
-            count = result.get("purged", result.get("deleted", 0))
-            in_flight = result.get("in_flight", 0)
-            lines.append(f"{name}: {count} {verb}, {in_flight} in flight (not touched)")
-    return "\n".join(lines)
-
-
-def render_status(status: dict[str, Any]) -> str:
-    """The status reply as aligned tables for people."""
-    header = (
-        f"sqsd pid {status['pid']}  up {_duration(status['uptime'])}  config {status['config']}"
-    )
-    if status.get("stopping"):
-        header += "  STOPPING"
-    worker_rows = [
-        (
-            "QUEUE",
-            "PID",
-            "STATE",
-            "FOR",
-            "DONE",
-            "FAILED",
-            "RETRIED",
-            "DLQ",
-            "RESTARTS",
-            "RSS",
-            "LAST EXIT",
-        )
-    ]
-    for w in status["workers"]:
-        state = w["state"]
-        if state == "busy":
-            state = f"busy {w.get('message_id', '')[:8]}"
-        elif state == "idle":
-            state = f"idle {w.get('idle_seconds', 0):.0f}s left"
-        elif state == "crashloop" and "retry_in" in w:
-            state = f"crashloop retry {w['retry_in']:.0f}s"
-        worker_rows.append(
-            (
-                _label(w),
-                str(w.get("pid") or "-"),
-                state,
-                _duration(w.get("state_seconds", w.get("message_seconds"))),
-                str(w.get("processed", "-")),
-                str(w.get("failed", "-")),
-                str(w.get("retried", "-")),
-                str(w.get("dead_lettered", "-")),
-                str(w["restarts"]),
-                _mib(w.get("rss")),
-                w.get("last_exit") or "-",
-            )
-        )
-    queue_rows = [("QUEUE", "SQS NAME", "PROCS", "VISIBLE", "IN FLIGHT", "DELAYED", "AGE")]
-    for q in status["queues"]:
-        unknown = "?" if q.get("depth_error") is None else "error"
-        queue_rows.append(
-            (
-                _label(q),
-                q["url_name"],
-                str(q["processes"]),
-                _count(q.get("visible"), unknown),
-                _count(q.get("in_flight"), unknown),
-                _count(q.get("delayed"), unknown),
-                _duration(q.get("depth_age")),
-            )
-        )
-    return "\n".join([header, "", _table(worker_rows), "", _table(queue_rows)])
-
-
-def _label(entry: dict[str, Any]) -> str:
-    return f"{entry['queue']}:{entry['suffix']}" if entry.get("suffix") else entry["queue"]
-
-
-def _count(value: int | None, unknown: str) -> str:
-    return unknown if value is None else str(value)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:.0f}M"
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
