@@ -22,6 +22,7 @@ from sqsd.config import QueueSettings, Settings, as_dict
 from sqsd.control import queries
 from sqsd.control.server import Connection, ControlServer, open_listener
 from sqsd.control.status import status_reply
+from sqsd.scaling import Sizing
 from sqsd.states import Program, WorkerState
 from sqsd_client.protocol import PROTOCOL_VERSION, error
 
@@ -55,6 +56,9 @@ class Supervisor(Protocol):
 
     @property
     def stopping(self) -> bool: ...
+
+    @property
+    def sizing(self) -> Sizing: ...  # process counts: configured, autoscaled or pinned
 
     def process_counts(self) -> dict[tuple[str, str], int]: ...
 
@@ -306,7 +310,7 @@ class ControlPlane:
             stopping=supervisor.stopping,
             settings=supervisor.settings,
             programs=supervisor.programs.values(),
-            process_counts=supervisor.process_counts(),
+            sizes=supervisor.sizing.sizes(),
             depths=self.depths,
             depths_age=now - self.depths_at,
             now=now,

@@ -9,6 +9,8 @@ from typing import Any
 
 from sqsd.states import CRASHLOOP, WorkerState
 
+WIDTH = 100  # columns the scaling table may take (sqsctl status)
+
 
 def render_clear(reply: dict[str, Any], purge: bool) -> str:
     """One line per queue: what was deleted (or purged) and what stayed in flight."""
@@ -76,14 +78,31 @@ def render_status(status: dict[str, Any]) -> str:
             (
                 _label(q),
                 q["url_name"],
-                str(q["processes"]),
+                _processes(q),
                 _count(q.get("visible"), unknown),
                 _count(q.get("in_flight"), unknown),
                 _count(q.get("delayed"), unknown),
                 _duration(q.get("depth_age")),
             )
         )
-    return "\n".join([header, "", _table(worker_rows), "", _table(queue_rows)])
+    sections = [header, "", _table(worker_rows), "", _table(queue_rows)]
+    scaled = [q for q in status["queues"] if q.get("last_scaling")]
+    if scaled:
+        rows = [("QUEUE", "LAST SCALING")]
+        for q in scaled:
+            last = q["last_scaling"]
+            rows.append((_label(q), f"{_duration(last['seconds_ago'])} ago {last['text']}"))
+        sections += ["", _clip(_table(rows))]
+    return "\n".join(sections)
+
+
+def _processes(queue: dict[str, Any]) -> str:
+    """A queue's process count: "3 (1-8)" when autoscaling, "2 pinned" after `sqsctl scale`."""
+    count = str(queue["processes"])
+    if queue.get("pinned"):
+        return f"{count} pinned"
+    low, high = queue.get("min_processes"), queue.get("max_processes")
+    return f"{count} ({low}-{high})" if high is not None and high != low else count
 
 
 def _label(entry: dict[str, Any]) -> str:
@@ -114,3 +133,8 @@ def _table(rows: list[tuple[str, ...]]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def _clip(text: str) -> str:
+    """Lines past WIDTH columns end in an ellipsis."""
+    return "\n".join(s if len(s) <= WIDTH else s[: WIDTH - 1] + "…" for s in text.splitlines())

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sqsd import config, plan
+from sqsd import config, plan, scaling
 from sqsd.control.commands import ControlPlane
 from sqsd.control.render import render_status
 from sqsd.loop import EventLoop
@@ -37,8 +37,11 @@ class Supervisor:
     stopping: bool = False
     calls: list = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.sizing = scaling.Sizing(self.queues)
+
     def process_counts(self) -> dict[tuple[str, str], int]:
-        return plan.process_counts(self.queues)
+        return dict(self.sizing.counts)
 
     def wake(self, queue: str, suffix: str | None) -> int:
         self.calls.append(("wake", queue, suffix))
