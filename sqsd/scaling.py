@@ -129,10 +129,9 @@ class Decision:
         return f"{self.before}→{self.after}: {self.reason}"
 
     def log_fields(self) -> dict[str, object]:
-        """The decision's structured log line."""
+        """The decision's structured log line (the queue named as the master's lines do)."""
         return {
-            "queue": self.queue,
-            "suffix": self.suffix,
+            "queue": f"{self.queue}:{self.suffix}" if self.suffix else self.queue,
             "change": f"{self.before}→{self.after}",
             "processes": self.after,
             "reason": self.reason,
