@@ -26,12 +26,14 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `sqsd` import
 import boto3  # noqa: E402
 import psutil  # noqa: E402
 
-from bench import emulator  # noqa: E402
+from bench import autoscale, emulator  # noqa: E402
 from bench.events import EventSink  # noqa: E402
 from bench.queues import Queues, sqs_client  # noqa: E402
 from bench.report import Row, render_table, write_json  # noqa: E402
 from bench.scenarios import METHODS, SCENARIOS, Bench  # noqa: E402
 
+SCENARIOS = {**SCENARIOS, "autoscale": autoscale.autoscale}
+METHODS = {**METHODS, "autoscale": autoscale.METHOD}
 NAMES = list(SCENARIOS)
 
 

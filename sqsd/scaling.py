@@ -10,16 +10,18 @@ decision); the master only carries decisions out. No SQS call is made for scalin
 
 Hysteresis, so that a steady load never makes the count flap:
 
-- **up**, one worker at a time, at most once per ``scale_up_interval``, only after every
-  turn for SUSTAIN seconds saw a backlog: every worker of the queue busy on all its slots,
-  and their last receives full, or the age of the oldest message received rising at each
-  of the last AGE_RISES receives that changed it;
+- **up**, one worker at a time, at most once per ``scale_up_interval``, once every turn
+  for SUSTAIN seconds saw a backlog: every worker of the queue busy on all its slots and
+  their last receives full; or, more slowly (AGE_SUSTAIN), every worker busy and the age of
+  the oldest message received rising at each of the last AGE_RISES receives. Each up uses
+  its evidence up: the next one needs the backlog seen again.
 - **down**, one worker at a time, only for a worker whose receives have come back empty
-  (it is backing off) for ``scale_down_after`` seconds.
+  (it is backing off) for ``scale_down_after`` seconds, and not while a backlog shows.
 
 The two conditions are far apart: a load that saturates N workers keeps N + 1 of them
 receiving messages, so none of them idles for ``scale_down_after`` and the count reached
-stays until the load falls far below it.
+stays until the load falls far below it. tests/unit/test_scaling.py shows it on a model
+of a queue and its workers.
 """
 
 from __future__ import annotations
@@ -106,7 +108,6 @@ class Memory:
     age: float = 0.0  # the pool's oldest-message age at the last turn
     age_rises: int = 0  # how many changes of that age in a row were rises
     last_up: float = -math.inf
-    last_down: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -151,65 +152,96 @@ def decide(
     At most one decision per pool, and at most one budget decision (over budget or
     preemption) per turn.
     """
-    remembered = {p.key: observe(p, memory.get(p.key, Memory()), now) for p in pools}
-    backlog = {p.key: backlog_reason(p, remembered[p.key]) for p in pools}
-    targets = shares(pools, backlog, remembered, budget)
-    decisions: list[Decision] = []
-    decided: set[PoolKey] = set()
+    turn = Turn(pools, memory, budget, now)
+    turn.give_back_over_budget()
+    turn.stop_idle_workers()
+    turn.add_workers_for_backlogs()
+    return turn.decisions, turn.memory
 
-    def add(pool: Pool, after: int, reason: str, worker: int | None = None) -> None:
-        decisions.append(
-            Decision(pool.queue, pool.suffix, pool.current, after, reason, now, worker)
+
+class Turn:
+    """One turn of the policy over every pool: the steps ``decide`` takes, in order."""
+
+    def __init__(
+        self, pools: Sequence[Pool], memory: Mapping[PoolKey, Memory], budget: int, now: float
+    ):
+        self.now, self.budget = now, budget
+        self.pools = [p for p in pools if not p.pinned]  # pinned ones only count
+        self.memory = {p.key: observe(p, memory.get(p.key, Memory()), now) for p in pools}
+        self.backlog = {p.key: backlog_reason(p, self.memory[p.key]) for p in pools}
+        self.targets = shares(pools, self.backlog, self.memory, budget)
+        self.wanted = sum(p.current for p in pools)  # what runs once stopping ones are gone
+        self.alive = self.wanted + sum(p.stopping for p in pools)
+        self.decisions: list[Decision] = []
+
+    def decided(self, pool: Pool) -> bool:
+        return any(d.key == pool.key for d in self.decisions)
+
+    def change(self, pool: Pool, by: int, reason: str, worker: int | None = None) -> None:
+        after = pool.current + by
+        self.decisions.append(
+            Decision(pool.queue, pool.suffix, pool.current, after, reason, self.now, worker)
         )
-        decided.add(pool.key)
-        kept = remembered[pool.key]
-        if after > pool.current:  # the evidence is used up: the next up needs new evidence
-            remembered[pool.key] = replace(kept, last_up=now, backlog_since=None, age_rises=0)
-        else:
-            remembered[pool.key] = replace(kept, last_down=now)
+        self.wanted, self.alive = self.wanted + by, self.alive + max(by, 0)
+        kept = self.memory[pool.key]
+        if by > 0:  # the evidence is used up: the next up needs new evidence
+            kept = replace(kept, last_up=self.now, backlog_since=None, age_rises=0)
+        self.memory[pool.key] = kept
 
-    movable = [p for p in pools if not p.pinned]
-    total = sum(p.current + p.stopping for p in pools)
-    if budget and sum(p.current for p in pools) > budget:  # a reload lowered max_workers
-        victim = budget_victim(movable, targets, None)
-        if victim is not None:
-            add(victim, victim.current - 1, f"over max_workers ({budget})", pick(victim))
-    for pool in movable:
-        if pool.key in decided or pool.current <= pool.minimum or pool.stopping:
-            continue
-        if any(w.full for w in pool.workers):  # a backlog still shows: one idles by chance
-            continue
-        idle = [w for w in pool.workers if w.idle_since is not None]
-        longest = min(idle, key=lambda w: w.idle_since or 0.0, default=None)
-        if longest is not None and now - (longest.idle_since or 0.0) >= pool.scale_down_after:
-            idled = now - (longest.idle_since or 0.0)
-            add(pool, pool.current - 1, f"worker {longest.index} idle {idled:.0f}s", longest.index)
-    # free: room now; room: once the workers already stopping are gone.
-    free = budget - total if budget else math.inf
-    room = budget - sum(p.current for p in pools) if budget else math.inf
-    preempted = False
-    wanting = sorted(
-        (p for p in movable if p.key not in decided and backlog[p.key]),
-        key=lambda p: (-p.priority, p.current - targets[p.key]),
-    )
-    for pool in wanting:
-        kept = remembered[pool.key]
-        since = kept.backlog_since if kept.backlog_since is not None else now
-        due = now - kept.last_up >= pool.scale_up_interval
-        needed = AGE_SUSTAIN if backlog[pool.key].startswith(AGED) else SUSTAIN
-        sustained = now - since >= needed or pool.woken
-        if pool.current >= pool.maximum or not (due and sustained):
-            continue
-        if free >= 1:
-            add(pool, pool.current + 1, backlog[pool.key])
-            free, room = free - 1, room - 1
-        elif room < 1 and not preempted and pool.current < targets[pool.key]:
-            victim = budget_victim(movable, targets, pool, exclude=decided)
+    def give_back_over_budget(self) -> None:
+        """A reload lowered ``max_workers`` below what runs: one worker fewer per turn."""
+        if self.budget and self.wanted > self.budget:
+            victim = budget_victim(self.pools, self.targets)
             if victim is not None:
-                preempted, room = True, room + 1
-                reason = f"max_workers budget: for {pool.label} (priority {pool.priority})"
-                add(victim, victim.current - 1, reason, pick(victim))
-    return decisions, remembered
+                self.change(victim, -1, f"over max_workers ({self.budget})", pick(victim))
+
+    def stop_idle_workers(self) -> None:
+        """Down: in each pool above its minimum, the worker idle longest, once it has been
+        idle ``scale_down_after``; one at a time, and not while a backlog still shows."""
+        for pool in self.pools:
+            if self.decided(pool) or pool.current <= pool.minimum or pool.stopping:
+                continue
+            if any(w.full for w in pool.workers):  # a backlog shows: one idles by chance
+                continue
+            idle = {
+                w.index: self.now - w.idle_since for w in pool.workers if w.idle_since is not None
+            }
+            index = max(idle, key=lambda i: idle[i], default=None)
+            if index is not None and idle[index] >= pool.scale_down_after:
+                self.change(pool, -1, f"worker {index} idle {idle[index]:.0f}s", index)
+
+    def add_workers_for_backlogs(self) -> None:
+        """Up: pools with a sustained backlog, higher priorities and the furthest below
+        their share first; within the budget, or taking a worker from a pool above its
+        share (one per turn, and only once the last one taken has gone)."""
+        wanting = sorted(
+            (p for p in self.pools if self.backlog[p.key] and not self.decided(p)),
+            key=lambda p: (-p.priority, p.current - self.targets[p.key]),
+        )
+        preempted = False
+        for pool in wanting:
+            if pool.current >= pool.maximum or not self.due(pool):
+                continue
+            if not self.budget or self.alive < self.budget:
+                self.change(pool, +1, self.backlog[pool.key])
+            elif self.wanted >= self.budget and not preempted and self.below_share(pool):
+                victim = budget_victim(self.pools, self.targets, pool, self.decisions)
+                if victim is not None:
+                    preempted = True
+                    why = f"max_workers budget: for {pool.label} (priority {pool.priority})"
+                    self.change(victim, -1, why, pick(victim))
+
+    def due(self, pool: Pool) -> bool:
+        """Its backlog has lasted long enough, and its last up is ``scale_up_interval`` ago."""
+        kept = self.memory[pool.key]
+        if self.now - kept.last_up < pool.scale_up_interval:
+            return False
+        lasting = AGE_SUSTAIN if self.backlog[pool.key].startswith(AGED) else SUSTAIN
+        since = kept.backlog_since if kept.backlog_since is not None else self.now
+        return pool.woken or self.now - since >= lasting
+
+    def below_share(self, pool: Pool) -> bool:
+        return pool.current < self.targets[pool.key]
 
 
 def observe(pool: Pool, memory: Memory, now: float) -> Memory:
@@ -281,14 +313,14 @@ def shares(
 def budget_victim(
     pools: Iterable[Pool],
     targets: Mapping[PoolKey, int],
-    taker: Pool | None,
-    exclude: Iterable[PoolKey] = (),
+    taker: Pool | None = None,
+    decided: Iterable[Decision] = (),
 ) -> Pool | None:
     """The pool to give up a worker for the budget: above its share and its minimum, the
     lowest priority first, then the furthest above its share. For ``taker`` only a lower
     priority, or an equal one far enough from its share that moving one worker cannot
     swing back (EQUAL_SHARE_SLACK)."""
-    excluded = set(exclude)
+    excluded = {d.key for d in decided}
     candidates = []
     for pool in pools:
         excess = pool.current - max(targets[pool.key], pool.minimum)
