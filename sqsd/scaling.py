@@ -236,9 +236,11 @@ class Turn:
         kept = self.memory[pool.key]
         if self.now - kept.last_up < pool.scale_up_interval:
             return False
+        if pool.current == 0:
+            return pool.woken  # no worker, so no signal: a wake-up is the only one
         lasting = AGE_SUSTAIN if self.backlog[pool.key].startswith(AGED) else SUSTAIN
         since = kept.backlog_since if kept.backlog_since is not None else self.now
-        return pool.woken or self.now - since >= lasting
+        return self.now - since >= lasting
 
     def below_share(self, pool: Pool) -> bool:
         return pool.current < self.targets[pool.key]
