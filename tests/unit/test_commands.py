@@ -122,3 +122,26 @@ def test_status_is_data_and_render_makes_the_table(control):
     assert [(q["url_name"], q["processes"]) for q in reply["queues"]] == [("a", 1), ("a__big", 1)]
     table = render_status(reply)
     assert "a:big" in table and "crashloop retry" in table and "exited 1" in table
+
+
+def test_status_shows_each_queues_range_pin_and_last_scaling_within_100_columns(control):
+    plane, supervisor = control
+    supervisor.queues = plan.queue_settings(config.parse({"queues": {
+        "a": {"receiver": f"{__name__}:handle", "suffixes": ["", "big"], "max_processes": 8}}},
+        "test.toml"))
+    supervisor.sizing = scaling.Sizing(supervisor.queues)
+    why = "max_workers budget: for a-queue-with-a-rather-long-name:and-suffix (priority 1000)"
+    supervisor.sizing.record(scaling.Decision("a", "", 3, 2, why, at=0.0, worker=2))
+    supervisor.sizing.pin("a", "big", 4, now=0.0)
+    reply = plane.dispatch({"cmd": "status"}, Conn())
+    plain, big = reply["queues"]
+    assert (plain["processes"], plain["min_processes"], plain["max_processes"]) == (2, 1, 8)
+    assert (plain["pinned"], plain["scaling_decisions"]) == (False, 1)
+    assert plain["last_scaling"]["text"] == f"3→2: {why}"
+    assert (big["processes"], big["pinned"], big["last_scaling"]["reason"]) == (
+        4, True, "pinned by sqsctl scale")
+    table = render_status(reply)
+    assert "2 (1-8)" in table and "4 pinned" in table
+    scaling_lines = table.split("LAST SCALING")[1].splitlines()
+    assert all(len(line) <= 100 for line in scaling_lines)
+    assert scaling_lines[1].endswith("…") and "3→2: max_workers budget" in scaling_lines[1]
