@@ -281,8 +281,9 @@ class Master:
             self.resize(decision)
 
     def resize(self, decision: scaling.Decision) -> None:
+        """Log a new count and re-plan; the worker a decision names is the one that stops."""
         self.log.info("scaling decision", **decision.log_fields())
-        if decision.worker is not None:  # this worker stops: it takes the index that goes
+        if decision.worker is not None:  # it takes the index that goes
             scaling.make_last(self.programs, (*decision.key, decision.worker), decision.after)
         wanted = plan.wanted(self.settings, self.queues, self.process_counts())
         reason = f"scaled down: {decision.reason}"
