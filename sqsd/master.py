@@ -200,9 +200,8 @@ class Master:
         now = time.monotonic()
         if not self.stopping_since:
             self.stopping_since = now
-            timeout = max(
-                (p.spec.queue.graceful_timeout for p in self.programs.values()), default=0
-            )
+            timeouts = [p.spec.queue.graceful_timeout for p in self.programs.values()]
+            timeout = max(timeouts, default=0)
             self.graceful_deadline = now + timeout
             self.notifier.send("STOPPING=1")
             self.log.info("stopping", quick=quick, graceful_timeout=timeout, reason=reason or None)
@@ -286,7 +285,7 @@ class Master:
         if decision.worker is not None:  # it takes the index that goes
             scaling.make_last(self.programs, (*decision.key, decision.worker), decision.after)
         wanted = plan.wanted(self.settings, self.queues, self.process_counts())
-        reason = f"scaled down: {decision.reason}"
+        reason = f"scaled {decision}"  # "scaled 3→2: worker 2 idle 61s"
         self.apply(plan.diff(self.running_specs(), wanted), wanted, stop_reason=reason)
 
     def running_specs(self) -> dict[plan.Key, WorkerSpec]:

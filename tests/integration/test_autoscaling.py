@@ -108,7 +108,7 @@ def test_idle_workers_stop_gracefully_back_to_processes(harness):
     assert downs and all(" idle " in d for d in downs)
     exits = log_events(daemon, "worker exited", queue="basic")
     assert len(exits) == len(downs)
-    assert all("scaled down: worker" in e["exit"] and e["exit"].startswith("exited 0")
+    assert all(e["exit"].startswith("exited 0 (scaled ") and " idle " in e["exit"]
                for e in exits)
     records = harness.records()
     assert len(records) == 80 == len({r["message_id"] for r in records})  # each once
