@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sqsd import redact
 from sqsd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/sqsd/sqsd.toml"
@@ -337,7 +338,9 @@ def load(path: str | os.PathLike[str]) -> Settings:
         raise ConfigError(f"{path}: expected a configuration file, found a directory") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(raw, path)
+    settings = parse(raw, path)
+    redact.remember(settings.endpoint_url)  # its password is masked wherever it shows up
+    return settings
 
 
 def parse(raw: Mapping[str, Any], path: str = "<config>") -> Settings:

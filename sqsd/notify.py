@@ -12,6 +12,8 @@ import os
 import socket
 import time
 
+from sqsd.redact import redact
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -39,10 +41,10 @@ class Notifier:
             self.sock.sendto(message.encode(), self.address)
 
     def status(self, text: str) -> None:
-        """STATUS= only when it changed."""
+        """STATUS= only when it changed (redacted: `systemctl status` shows it to anyone)."""
         if text != self.last_status:
             self.last_status = text
-            self.send(f"STATUS={text}")
+            self.send(f"STATUS={redact(text)}")
 
     def watchdog(self) -> None:
         """WATCHDOG=1 at half the interval systemd asked for."""
