@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from sqsd.control.server import Connection, ControlServer, SocketInUse, open_listener
+from sqsd.control.server import (
+    Connection,
+    ControlServer,
+    SocketInUse,
+    SocketPathError,
+    open_listener,
+)
 from sqsd_client import protocol
 
 BIG = "x" * 100_000
@@ -354,8 +360,9 @@ def test_socket_file_group(tmp_path: Path) -> None:
     listener, _ = open_listener(str(tmp_path / "sqsd.sock"), group=group)
     with listener:
         assert (tmp_path / "sqsd.sock").stat().st_gid == os.getgid()
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(SocketPathError, match="does not exist") as raised:
         open_listener(str(tmp_path / "other.sock"), group="no-such-group-sqsd")
+    assert raised.value.key == "socket_group"
 
 
 def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
@@ -381,8 +388,9 @@ def test_live_socket_raises_socket_in_use(tmp_path: Path) -> None:
 def test_other_file_at_the_path_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "sqsd.sock"
     path.write_text("precious")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(SocketPathError, match="exists and is not a socket") as raised:
         open_listener(str(path))
+    assert raised.value.key == "socket"
     assert path.read_text() == "precious"
 
 
