@@ -10,17 +10,18 @@ import contextlib
 import json
 import os
 import selectors
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
 from sqsd.config import as_dict
 from sqsd.control import queries
 from sqsd.control.server import Connection, ControlServer, open_listener
+from sqsd.redact import redact
 from sqsd_client.protocol import PROTOCOL_VERSION, error
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before answering
 WAIT_CHECK_INTERVAL = 1.0
+WAIT_DEFAULT_TIMEOUT = 3600.0  # a `wait` without a timeout gives up after an hour
+WAIT_MAX_TIMEOUT = 86400.0
 PRIVILEGED = frozenset({"clear", "reload", "scale", "shutdown", "config"})
 
 
@@ -122,12 +125,18 @@ class ControlPlane:
             return error(f"{cmd}: {exc.args[0] if exc.args else exc}")
 
     def cmd_ping(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
-        return {
+        reply = {
             "ok": True,
             "pid": self.master.pid,
             "version": PROTOCOL_VERSION,
             "uptime": round(time.monotonic() - self.master.started, 3),
         }
+        # The embedded emulator's loopback URL (no credentials): producers with
+        # endpoint_url = "local" find it here, whoever they run as.
+        local = os.environ.get("SQSD_LOCAL_ENDPOINT")
+        if local:
+            reply["local_endpoint"] = local
+        return reply
 
     def cmd_wake(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
         queue, suffix = _string(request, "queue"), request.get("suffix")
@@ -184,7 +193,7 @@ class ControlPlane:
             "socket_mode": f"{settings.socket_mode:04o}",
             "queue_prefix": settings.queue_prefix,
             "region": settings.region,
-            "endpoint_url": _without_credentials(settings.endpoint_url),
+            "endpoint_url": redact(settings.endpoint_url),
             "create_queues": settings.create_queues,
             "log_format": settings.log_format,
             "failed_log": settings.failed_log,
@@ -206,20 +215,38 @@ class ControlPlane:
             else:
                 conn.reply({"ok": True, "queues": result})
 
-        self.run_query(lambda: queries.clear_queues(settings, url_names, purge), done)
+        query = self.run_query(lambda: queries.clear_queues(settings, url_names, purge), done)
+        conn.when_closed(lambda: self.drop_query(query))  # Ctrl-C on sqsctl clear stops it
         return None
 
     def cmd_wait(self, request: dict[str, Any], conn: Connection) -> None:
         timeout = request.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        if timeout is None:
+            timeout = WAIT_DEFAULT_TIMEOUT
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout <= WAIT_MAX_TIMEOUT
         ):
-            raise ValueError("timeout must be a number of seconds or null")
+            raise ValueError(
+                f"timeout must be a number of seconds from 0 to {WAIT_MAX_TIMEOUT:g} "
+                f"or null ({WAIT_DEFAULT_TIMEOUT:g})"
+            )
         url_names = self.url_names(request.get("queues") or [])
-        deadline = time.monotonic() + (timeout if timeout is not None else 10 * 365 * 86400)
-        self.waiters.append(Waiter(conn, url_names, deadline))
+        waiter = Waiter(conn, url_names, time.monotonic() + timeout)
+        self.waiters.append(waiter)
+        conn.when_closed(lambda: self.drop_waiter(waiter))  # nobody left to tell
         self.last_wait_check = 0.0  # check at the next turn of the loop
         return None
+
+    def drop_waiter(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
+
+    def drop_query(self, query: Query) -> None:
+        """Stop a query child whose requester has gone (it is reaped as usual)."""
+        if not query.done and query.pid in self.queries:
+            self.master.kill(query.pid, signal.SIGTERM)
 
     # -- status -------------------------------------------------------------------------
 
@@ -460,15 +487,6 @@ def _rss(pid: int) -> int | None:
 
 
 _processes: dict[int, psutil.Process] = {}  # reused across status calls
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _close_quietly(fd: int) -> None:
