@@ -7,6 +7,7 @@ line on stderr; exit codes: 0 ok, 1 failed or timed out, 2 usage or config error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,10 +21,13 @@ import click
 import sqsd_client
 from sqsd import config as config_module
 from sqsd.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, ConfigError
+from sqsd.redact import redact
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    click.echo(f"{click.get_current_context().find_root().info_name}: {message}", err=True)
+    with contextlib.suppress(OSError):  # a closed stderr must not turn exit 2 into a traceback
+        click.echo(f"{click.get_current_context().find_root().info_name}: {redact(message)}",
+                   err=True)
     sys.exit(code)
 
 
@@ -72,8 +76,8 @@ def run(
     # Until the master takes over its signals, a stop request ends start-up cleanly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_during_startup)
-    from sqsd import logs
-    from sqsd.control.server import SocketInUse
+    from sqsd import logs, preflight
+    from sqsd.control.server import SocketInUse, SocketPathError
     from sqsd.local import LocalEndpoint, environment_for_children
     from sqsd.master import Master, import_receivers
     from sqsd.sqs import preload
@@ -83,13 +87,13 @@ def run(
     preload()
     try:
         import_receivers(settings)
-        master = Master(settings, config_path, queues, suffix, message_limit)
-        for name in queues:
-            if name not in master.queues:
-                raise ConfigError(
-                    f"{config_path}: queue {name!r} is neither configured nor registered"
-                )
+        master = Master(settings, config_path, queues, None, message_limit)
+        preflight.check_selection(settings, master.queues, queues, suffix)
+        if suffix is not None:
+            master.only_suffix = suffix
+            master.queues = master.queue_settings(settings)
         master.wanted_programs(settings, master.queues)
+        preflight.check(settings, master.queues)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     endpoint = None
@@ -105,6 +109,8 @@ def run(
         code = master.run()
     except SocketInUse as exc:
         fail(str(exc))
+    except SocketPathError as exc:
+        fail(preflight.socket_error(settings, exc), EXIT_USAGE)
     finally:
         if endpoint is not None:
             endpoint.stop()
@@ -112,13 +118,16 @@ def run(
 
 
 def _exit_during_startup(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+    from sqsd.preflight import StartupInterrupted
+
+    raise StartupInterrupted(0)
 
 
 @sqsd_main.command()
 @config_option
 def check(config_path: str) -> None:
     """Validate the configuration, import receivers and reach every queue."""
+    from sqsd import preflight
     from sqsd.master import Master, import_receivers
     from sqsd.sqs import is_missing_queue, make_client
 
@@ -127,6 +136,7 @@ def check(config_path: str) -> None:
         import_receivers(settings)
         master = Master(settings, config_path)
         programs = master.wanted_programs(settings, master.queues)
+        preflight.check(settings, master.queues)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if settings.endpoint_url == "local":
@@ -136,12 +146,16 @@ def check(config_path: str) -> None:
     names = sorted(
         {p.spec.url_name for p in programs} | {p.spec.dead_letter_name for p in programs} - {""}
     )
-    problems = 0
+    problems = created = 0
     for name in names:
         try:
             client.get_queue_url(QueueName=name)
             click.echo(f"ok       {name}")
         except Exception as exc:
+            if is_missing_queue(exc) and settings.create_queues:
+                created += 1
+                click.echo(f"create   {name}: does not exist yet; will be created at start")
+                continue
             problems += 1
             if is_missing_queue(exc):
                 reason = "queue does not exist (create it, or set create_queues = true)"
@@ -149,10 +163,13 @@ def check(config_path: str) -> None:
                 reason = "no AWS credentials found (environment, ~/.aws or instance role)"
             else:
                 reason = f"{type(exc).__name__}: {exc}"
-            click.echo(f"missing  {name}: {reason}")
+            click.echo(redact(f"missing  {name}: {reason}"))
     if problems:
         fail(f"{problems} of {len(names)} queues not reachable")
-    click.echo(f"{config_path}: configuration valid, {len(names)} queues reachable")
+    reachable = f"{len(names) - created} queues reachable"
+    if created:
+        reachable += f", {created} will be created"
+    click.echo(f"{config_path}: configuration valid, {reachable}")
 
 
 # -- sqsctl ---------------------------------------------------------------------------

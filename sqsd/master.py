@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import gc
-import importlib
 import os
 import random
 import selectors
@@ -19,7 +18,6 @@ import signal
 import socket
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,7 +25,7 @@ from typing import Any
 import setproctitle
 
 from sqsd import config as config_module
-from sqsd import logs, notify, scoreboard
+from sqsd import logs, notify, preflight, scoreboard
 from sqsd.config import QueueSettings, Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, ConfigError
 from sqsd.givebacks import GiveBacks
@@ -311,6 +309,7 @@ class Master:
             import_receivers(settings)
             queues = self.queue_settings(settings)
             wanted = {p.key: p for p in self.wanted_programs(settings, queues, overrides={})}
+            preflight.check(settings, queues, socket=False)
         except ConfigError as exc:
             self.log.error("reload failed; keeping the running configuration", error=str(exc))
             self.notifier.send("READY=1")
@@ -401,6 +400,8 @@ class Master:
             options = registration.options if registration else None
             queue = settings.queue_settings(name, options)
             if self.only_suffix is not None:
+                if self.only_suffix not in queue.suffixes:
+                    continue  # `run --suffix S` runs the queues that have S
                 queue = replace(queue, suffixes=(self.only_suffix,))
             result[name] = queue
         return result
@@ -501,11 +502,12 @@ class Master:
         except SystemExit as exc:
             code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
         except BaseException:
-            traceback.print_exc()
+            logs.print_exception()
             code = 1
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):  # a broken pipe must not skip _exit
+                with contextlib.suppress(Exception):
+                    stream.flush()
             os._exit(code)
 
     def worker_main(self, spec: WorkerSpec, slot: scoreboard.Slot, wake_fd: int) -> int:
@@ -720,13 +722,7 @@ def import_receivers(settings: Settings) -> None:
     Queues registered while they import (by modules they import in turn) count too."""
     for module in settings.imports:
         before = set(REGISTRY)
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            raise ConfigError(
-                f"{settings.path}: [sqsd] imports: cannot import {module!r}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
+        preflight.import_module(module, f"{settings.path}: [sqsd] imports")
         IMPORTED_QUEUES.update(set(REGISTRY) - before)
 
 
@@ -738,12 +734,7 @@ def resolve_reference(settings: Settings, queue: QueueSettings, key: str) -> Any
     reference = getattr(queue, key)
     module_name, _, attribute = reference.partition(":")
     where = f"{settings.path}: [queues.{queue.name}] {key}"
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(
-            f"{where}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
-        ) from None
+    module = preflight.import_module(module_name, where)
     try:
         return getattr(module, attribute)
     except AttributeError:
