@@ -1,27 +1,53 @@
 """`make demo`: run sqsd on its embedded local SQS endpoint and send example messages.
 
-Starts `sqsd run --local -c sqsd.toml` from this directory, waits until its control
-socket answers, sends a few messages through the producer API, then leaves the daemon
+Starts `sqsd run --local` with sqsd.toml from this directory (its control socket moved
+into a private directory: $XDG_RUNTIME_DIR or a new 0700 one), waits until the socket
+answers, sends a few messages through the producer API, then leaves the daemon
 running in the foreground until Ctrl-C (which stops it gracefully).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import sqsd_client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIG = os.path.join(HERE, "sqsd.toml")
-SOCKET = "/tmp/sqsd-demo.sock"
+EXAMPLE_CONFIG = os.path.join(HERE, "sqsd.toml")
 
 
-def wait_until_ready(daemon: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    client = sqsd_client.Client(SOCKET, timeout=1.0)
+def private_directory() -> str:
+    """Where the demo's socket goes: your runtime directory ($XDG_RUNTIME_DIR, yours alone),
+    else a new 0700 directory. Never a shared name in /tmp, which another local user could
+    take first."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isdir(runtime) and os.stat(runtime).st_uid == os.getuid():
+        return tempfile.mkdtemp(prefix="sqsd-demo-", dir=runtime)
+    return tempfile.mkdtemp(prefix="sqsd-demo-")  # mode 0700
+
+
+def write_config(directory: str) -> tuple[str, str]:
+    """The example configuration with its socket in ``directory``: (config, socket)."""
+    socket_path = os.path.join(directory, "sqsd.sock")
+    with open(EXAMPLE_CONFIG) as example:
+        text = re.sub(r"(?m)^socket = .*$", f"socket = {json.dumps(socket_path)}", example.read())
+    config = os.path.join(directory, "sqsd.toml")
+    with open(config, "w") as out:
+        out.write(text)
+    return config, socket_path
+
+
+def wait_until_ready(daemon: subprocess.Popen[bytes], socket_path: str,
+                     timeout: float = 60.0) -> None:
+    client = sqsd_client.Client(socket_path, timeout=1.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
@@ -51,11 +77,15 @@ def send_examples() -> None:
 def main() -> int:
     os.chdir(HERE)
     sys.path.insert(0, HERE)
-    os.environ["SQSD_CONFIG"] = CONFIG
-    os.environ["SQSD_SOCKET"] = SOCKET
-    daemon = subprocess.Popen([sys.executable, "-m", "sqsd", "run", "--local", "-c", CONFIG])
+    directory = private_directory()
+    config, socket_path = write_config(directory)
+    os.environ["SQSD_CONFIG"] = config
+    os.environ["SQSD_SOCKET"] = socket_path
+    print(f"demo: control socket {socket_path} (sqsctl --socket {socket_path} status)",
+          file=sys.stderr)
+    daemon = subprocess.Popen([sys.executable, "-m", "sqsd", "run", "--local", "-c", config])
     try:
-        wait_until_ready(daemon)
+        wait_until_ready(daemon, socket_path)
         send_examples()
         return daemon.wait()
     except KeyboardInterrupt:
@@ -64,6 +94,7 @@ def main() -> int:
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":
