@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import socket
 import stat
 import subprocess
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import REPO, child_env, queue_counts, wait_for
 
 import sqsd_client
@@ -495,3 +497,27 @@ def test_another_user_may_ping_status_and_wake_but_not_reload(harness, nobody):
         assert "permission denied" in seen[cmd], (cmd, seen[cmd])
     assert daemon.pings()
     assert len(daemon.status()["workers"]) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+def test_the_other_user_test_passes_from_a_checkout_other_users_cannot_read(tmp_path):
+    """Most clones live in a 0700 home directory: the test that runs a client as uid 65534
+    must not depend on that user reading the checkout."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    checkout = home / "sqsd"
+    ignore = shutil.ignore_patterns("__pycache__", ".venv", ".git", "*.egg-info", "node_modules")
+    for name in ("sqsd", "sqsd_client", "tests"):
+        shutil.copytree(REPO / name, checkout / name, ignore=ignore)
+    shutil.copy(REPO / "pyproject.toml", checkout)
+    test = "tests/integration/test_control.py::" \
+           "test_another_user_may_ping_status_and_wake_but_not_reload"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", test],
+        cwd=checkout, env={**child_env(), "PYTHONPATH": str(checkout)},
+        capture_output=True, text=True, timeout=180,
+    )
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout or "SKIPPED" in result.stdout, result.stdout
