@@ -250,6 +250,16 @@ class Daemon:
                                     match["state"] or ""))
         return found
 
+    def query_children(self) -> set[int]:
+        """The master's one-shot children doing SQS work for control requests (queue depths
+        for status and wait, clear): forked from the master, they keep its title."""
+        found = set()
+        for child in self.descendants():
+            with contextlib.suppress(psutil.Error):
+                if " ".join(child.cmdline()).startswith("sqsd: master"):
+                    found.add(child.pid)
+        return found
+
     def worker_pids(self, queue: str | None = None, suffix: str | None = None) -> set[int]:
         return {w.pid for w in self.workers()
                 if (queue is None or w.queue == queue) and (suffix is None or w.suffix == suffix)}

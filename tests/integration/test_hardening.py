@@ -77,18 +77,6 @@ def open_to_other_users(harness, **options) -> Daemon:
     return harness.start(socket_mode="0666", **options)
 
 
-def query_children(daemon: Daemon) -> set[int]:
-    """The master's one-shot children doing SQS work for control requests (not workers)."""
-    found = set()
-    for child in daemon.descendants():
-        try:
-            if " ".join(child.cmdline()).startswith("sqsd: master"):
-                found.add(child.pid)
-        except psutil.Error:
-            pass
-    return found
-
-
 def test_another_user_holding_hundreds_of_waits_cannot_lock_out_root(harness, nobody):
     daemon = open_to_other_users(harness)
     holder = nobody.popen(HOLD_WAITS, str(daemon.socket_path), "300", "hold",
@@ -119,10 +107,10 @@ def test_waits_of_clients_that_hang_up_are_dropped_at_once(harness, nobody):
     # A wait fetches queue depths every second; a fetch begun before the hang-up may end.
     earlier, forked = set(), set()
     while time.monotonic() < hung_up + 0.5:
-        earlier |= query_children(daemon)
+        earlier |= daemon.query_children()
         time.sleep(0.02)
     while time.monotonic() < hung_up + 3.5:
-        forked |= query_children(daemon) - earlier
+        forked |= daemon.query_children() - earlier
         time.sleep(0.02)
 
     assert all(p["ok"] for p in pings), pings
