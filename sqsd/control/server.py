@@ -85,12 +85,13 @@ def check_socket_path(path: str, group: str | None = None) -> None:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise SocketPathError("socket", f"{_file_among_parents(path)} is not a directory")
-    if existing != directory and not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) and (st is None or existing != directory):
+        what = f"the directory {directory}" if existing != directory else path
         raise SocketPathError(
             "socket",
-            f"cannot create the directory {directory} (no write access to {existing}); "
-            "create it for the daemon's user, or set socket to a path in a directory it "
-            "owns (such as $XDG_RUNTIME_DIR)",
+            f"cannot create {what} (no write access to {existing}); create it for the "
+            "daemon's user, or set socket to a path in a directory it owns (such as "
+            "$XDG_RUNTIME_DIR)",
         )
 
 

@@ -254,10 +254,12 @@ def test_a_100_byte_socket_path_works(harness):
     assert stat.S_ISSOCK(os.stat(path).st_mode)
 
 
-def test_socket_directory_that_cannot_be_created_names_the_key_and_the_directory(harness):
+@pytest.mark.parametrize("missing", ["the directory", "only the socket"])
+def test_socket_directory_that_cannot_be_written_names_the_key_and_the_directory(harness,
+                                                                                missing):
     locked = harness.socket_dir / "locked"
     locked.mkdir(mode=0o555)
-    directory = locked / "run"
+    directory = locked / "run" if missing == "the directory" else locked
     config = harness.write_config(BASIC, sqsd={"socket": str(directory / "sqsd.sock")})
     # As root, give up the capability that ignores file modes: like a user without rights.
     prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] \
