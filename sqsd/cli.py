@@ -264,7 +264,8 @@ def clear(ctx: click.Context, queues: tuple[str, ...], yes: bool, purge: bool) -
 
 @sqsctl_main.command()
 @click.argument("queues", nargs=-1)
-@click.option("--timeout", type=float, default=None, help="Give up after S seconds (exit 1).")
+@click.option("--timeout", type=float, default=None,
+              help="Give up after S seconds (exit 1); default 3600, at most 86400.")
 @click.pass_context
 def wait(ctx: click.Context, queues: tuple[str, ...], timeout: float | None) -> None:
     """Wait until QUEUES are empty and their workers idle."""

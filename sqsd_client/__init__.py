@@ -118,7 +118,8 @@ class Client:
     def wait(self, queues: Iterable[str] = (), timeout: float | None = None) -> dict[str, Any]:
         """Wait until ``queues`` (all when empty) are empty and their workers idle.
 
-        The daemon answers ``ok: false`` when ``timeout`` passes first.
+        The daemon answers ``ok: false`` when ``timeout`` passes first (None: the
+        daemon's default, an hour; at most a day).
         """
         request = {
             "cmd": "wait",
