@@ -189,8 +189,8 @@ class FailedLog:
     record on the ``sqsd.failed`` logger either way.
 
     The file is opened for each line with O_NOFOLLOW and created 0640 (less with a tighter
-    umask): a symbolic link, or anything but a plain file with one name, planted at the
-    path is refused, and the message stays in its queue. The body is written as it is;
+    umask): a symbolic link, a FIFO or a second name of another file planted at the path is
+    refused, and the message stays in its queue. The body is written as it is;
     the other fields are redacted.
     """
 
@@ -221,14 +221,15 @@ class FailedLog:
 
 def open_for_append(path: str, mode: int = 0o640) -> int:
     """Open ``path`` to append, creating it with ``mode``; never through a symbolic link
-    (ELOOP), never a FIFO, device or a hard link to another file (OSError)."""
+    (ELOOP), never a FIFO (which could block) or a hard link to another file (OSError).
+    A character device such as /dev/null is allowed: only root can make one."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     fd = os.open(path, flags, mode)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        if st.st_nlink > 1:
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            raise OSError(errno.EINVAL, "not a plain file", path)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             raise OSError(errno.EMLINK, "a hard link to another file", path)
         os.set_blocking(fd, True)
     except BaseException:

@@ -47,23 +47,23 @@ def socket_error(settings: Settings, exc: SocketPathError) -> str:
 
 
 def check_failed_log(settings: Settings) -> None:
-    """``failed_log`` is a plain file or does not exist yet; never a symbolic link."""
+    """``failed_log`` is never a symbolic link, a directory or a FIFO. A path that cannot be
+    written (yet) is no error: the messages then stay in their queues, as when a disk
+    fills up later."""
     path = settings.failed_log
     if not path:
         return
     where = f"{settings.path}: [sqsd] failed_log"
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
-        return  # created at the first failed message
-    except OSError as exc:
-        raise ConfigError(f"{where}: {path}: {exc.strerror}") from None
+    except OSError:
+        return  # created at the first failed message, or reported then
     if stat.S_ISLNK(st.st_mode):
         raise ConfigError(
             f"{where}: {path} is a symbolic link; sqsd never writes through one "
             "(point failed_log at the file itself)"
         )
-    if not stat.S_ISREG(st.st_mode):
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):
         raise ConfigError(f"{where}: {path} exists and is not a plain file")
 
 

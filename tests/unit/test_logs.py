@@ -67,6 +67,10 @@ def test_a_closed_descriptor_is_given_up() -> None:
     assert stream.gone
 
 
+def test_a_character_device_is_allowed() -> None:
+    os.close(logs.open_for_append("/dev/null"))
+
+
 def test_files_are_created_0640_and_appended(tmp_path: Path) -> None:
     path = tmp_path / "failed.jsonl"
     umask = os.umask(0o022)
