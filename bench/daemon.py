@@ -1,46 +1,29 @@
-"""Run ``python -m sqsd run -c CONFIG`` for one scenario and always stop it, leaving no process."""
+"""One ``python -m sqsd run -c CONFIG`` per scenario, always stopped, leaving no process.
+
+The configuration writer and the process harness are the test suite's
+(``sqsd.testing_daemon``); this module only says how a benchmark configures and waits.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from sqsd_client import Client, DaemonUnavailable
+from sqsd.testing_daemon import DaemonProcess, config_text
+from sqsd_client import DaemonUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 READY_STATES = {"polling", "idle", "busy"}
-
-
-def toml_value(value: Any) -> str:
-    """One TOML value: str, bool, int, float or a list of those."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def toml_config(
-    sqsd: dict[str, Any], defaults: dict[str, Any], queues: dict[str, dict[str, Any]]
-) -> str:
-    """The text of an sqsd config file with the given sections."""
-    lines = ["[sqsd]"] + [f"{k} = {toml_value(v)}" for k, v in sqsd.items()]
-    lines += ["", "[defaults]"] + [f"{k} = {toml_value(v)}" for k, v in defaults.items()]
-    for name, options in queues.items():
-        lines += ["", f"[queues.{name}]"] + [f"{k} = {toml_value(v)}" for k, v in options.items()]
-    return "\n".join(lines) + "\n"
+BASE_DEFAULTS = {
+    "visibility_timeout": 30,
+    "wait_time_seconds": 20,
+    "idle_sleep_max": 60,
+    "batch_size": 10,
+    "graceful_timeout": 10,
+}
 
 
 class Daemon:
@@ -79,22 +62,15 @@ class Daemon:
             "create_queues": False,
             "log_format": "json",
         }
-        base = {
-            "visibility_timeout": 30,
-            "wait_time_seconds": 20,
-            "idle_sleep_max": 60,
-            "batch_size": 10,
-            "graceful_timeout": 10,
-        }
-        self.config_path.write_text(toml_config(settings, {**base, **(defaults or {})}, queues))
+        defaults = {**BASE_DEFAULTS, **(defaults or {})}
+        self.config_path.write_text(config_text(settings, defaults, queues))
         self.env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
             "SQSD_LOG_LEVEL": "warning",
             **(env or {}),
         }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.client = Client(self.socket_path, timeout=10)
+        self.process: DaemonProcess | None = None
 
     @property
     def pid(self) -> int:
@@ -103,18 +79,17 @@ class Daemon:
         return self.process.pid
 
     def launch(self) -> None:
-        """Start the master in its own session, without waiting for its workers."""
-        command = [sys.executable, "-m", "sqsd", "run", "-c", str(self.config_path)]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=REPO,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        """Start the master in its own session, without waiting for its workers. Nothing
+        watches its process tree meanwhile: the figures stay the daemon's own."""
+        self.process = DaemonProcess(
+            self.config_path,
+            self.socket_path,
+            env=self.env,
+            cwd=REPO,
+            log_path=self.log_path,
+            new_session=True,
+            watch=False,
+        )
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the master and wait until every worker is up and polling."""
@@ -123,28 +98,31 @@ class Daemon:
 
     def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
         """Wait until the expected number of workers all poll (or idle or work)."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sqsd exited with {self.process.returncode}: {self.log_tail()}")
+        assert self.process is not None
+        last: dict[str, Any] = {}
+
+        def ready() -> dict[str, Any] | None:
+            nonlocal last
             try:
                 last = self.status()
             except DaemonUnavailable:
-                time.sleep(0.05)
-                continue
+                return None
             workers = last.get("workers", [])
             if len(workers) == self.expected_workers and all(
                 w.get("state") in READY_STATES for w in workers
             ):
                 return last
-            time.sleep(0.05)
-        raise RuntimeError(f"sqsd not ready in {timeout:g}s; last status {last}; {self.log_tail()}")
+            return None
+
+        try:
+            return self.process.wait_until(ready, timeout, "every worker to poll")
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}; last status {last}; {self.log_tail()}") from None
 
     def status(self) -> dict[str, Any]:
         """The daemon's status reply."""
-        return self.client.status()
+        assert self.process is not None
+        return self.process.status()
 
     def workers(self) -> list[dict[str, Any]]:
         """The workers in the status reply."""
@@ -159,30 +137,12 @@ class Daemon:
             return 0.0
         process, self.process = self.process, None
         started = time.monotonic()
-        try:
-            master = psutil.Process(process.pid)
-            family = [master, *master.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            family = []
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=timeout)
-        left = max(0.1, timeout - (time.monotonic() - started))
-        _, alive = psutil.wait_procs(family, timeout=left)
+        process.graceful_timeout = max(0.0, timeout - 5)
+        problems = [p for p in process.shut_down() if not p.startswith("sqsd exited with")]
         took = time.monotonic() - started
-        if not alive and process.poll() is not None:
-            return took
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise RuntimeError(
-            f"sqsd left {len(alive)} process(es) {[p.pid for p in alive]} "
-            f"{took:.1f}s after SIGTERM; killed them"
-        )
+        if problems:
+            raise RuntimeError(f"{'; '.join(problems)} ({took:.1f}s after SIGTERM); killed them")
+        return took
 
     def log_tail(self, size: int = 3000) -> str:
         """The end of the daemon's log."""

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+from sqsd.local import free_port
+
 FAUXQS_VERSION = "1.9.2"
 FAUXQS_DIR = Path(__file__).resolve().parent / "node_modules" / "fauxqs"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def installed_version() -> str | None:

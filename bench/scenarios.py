@@ -25,9 +25,9 @@ from bench.baseline import RawLoops
 from bench.daemon import Daemon
 from bench.echo import EchoServer
 from bench.events import EventSink
-from bench.proxy import CountingProxy
 from bench.queues import DepthWatch, Queues, fill, wait_empty
 from bench.report import Row, percentile, spread
+from tests.support.proxy import SQSProxy
 
 MIB = 1024 * 1024
 COMPRESSION = 20  # idle scenario: wait_time_seconds 20 -> 1, idle_sleep_max divided alike
@@ -56,11 +56,11 @@ class Bench:
         """Whether the counting proxy can sit in front of the endpoint (plain HTTP only)."""
         return bool(self.endpoint_url) and self.endpoint_url.startswith("http://")
 
-    def counting_proxy(self, stack: ExitStack) -> CountingProxy | None:
+    def counting_proxy(self, stack: ExitStack) -> SQSProxy | None:
         """A counting proxy in front of the endpoint, closed with ``stack``; None over HTTPS."""
         if not self.can_proxy:
             return None
-        return stack.enter_context(CountingProxy(self.endpoint_url or ""))
+        return stack.enter_context(SQSProxy(self.endpoint_url or ""))
 
     def daemon(
         self,
@@ -325,7 +325,7 @@ def api_cost(bench: Bench) -> list[Row]:
     n = bench.messages
     if not bench.can_proxy:
         return api_cost_from_counters(bench, n)
-    with CountingProxy(bench.endpoint_url or "") as proxy:
+    with SQSProxy(bench.endpoint_url or "") as proxy:
         # Count from the start until the queue is seen empty: later calls (the status
         # call of drain_sqsd, the loops' final empty receive) are left out on both sides.
         since = time.monotonic()
@@ -728,7 +728,7 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
 
 
-def respawn(bench: Bench, daemon: Daemon, proxy: CountingProxy | None, queue: str) -> float:
+def respawn(bench: Bench, daemon: Daemon, proxy: SQSProxy | None, queue: str) -> float:
     """SIGKILL the one worker of ``queue``; ms until its replacement polls.
 
     With the proxy: until the replacement's first ReceiveMessage arrives (the only worker

@@ -14,10 +14,11 @@ Producer and handler API::
     resize.delay(42, width=320)
 """
 
+from sqsd.decorators import ReceiverProxy, Task, receiver, task
 from sqsd.errors import ConfigError, RestartLater, SendError, TransientError
 from sqsd.message import Message
 from sqsd.producer import configure, send
-from sqsd.registry import ReceiverProxy, Task, receiver, register, task
+from sqsd.registry import register
 
 __all__ = [
     "ConfigError",

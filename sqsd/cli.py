@@ -13,13 +13,16 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
+import tomllib
 from typing import Any, NoReturn
 
 import click
 
 import sqsd_client
+from sqsd import __version__
 from sqsd import config as config_module
+from sqsd import units as units_module
+from sqsd.control.render import render_clear, render_status
 from sqsd.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, ConfigError
 from sqsd.redact import redact
 
@@ -35,6 +38,7 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sqsd", message="%(prog)s %(version)s")
 def sqsd_main() -> None:
     """sqsd runs Python handlers for Amazon SQS queues."""
 
@@ -44,7 +48,9 @@ config_option = click.option(
     "--config",
     "config_path",
     default=config_module.DEFAULT_CONFIG_PATH,
+    envvar="SQSD_CONFIG",
     show_default=True,
+    show_envvar=True,
     help="Configuration file (TOML).",
 )
 
@@ -76,10 +82,12 @@ def run(
     # Until the master takes over its signals, a stop request ends start-up cleanly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_during_startup)
-    from sqsd import logs, preflight
+    from sqsd import logs, plan, preflight
     from sqsd.control.server import SocketInUse, SocketPathError
     from sqsd.local import LocalEndpoint, environment_for_children
-    from sqsd.master import Master, import_receivers
+    from sqsd.local import resolve as resolve_local
+    from sqsd.master import Master
+    from sqsd.registry import import_receivers
     from sqsd.sqs import preload
 
     settings = load_settings(config_path)
@@ -87,13 +95,9 @@ def run(
     preload()
     try:
         import_receivers(settings)
-        master = Master(settings, config_path, queues, None, message_limit)
-        preflight.check_selection(settings, master.queues, queues, suffix)
-        if suffix is not None:
-            master.only_suffix = suffix
-            master.queues = master.queue_settings(settings)
-        master.wanted_programs(settings, master.queues)
-        preflight.check(settings, master.queues)
+        preflight.check_selection(settings, plan.queue_settings(settings, queues), queues, suffix)
+        planned, _ = plan.prepare(settings, queues, suffix)  # every handler resolves now
+        preflight.check(settings, planned)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     endpoint = None
@@ -103,8 +107,11 @@ def run(
         except RuntimeError as exc:
             fail(str(exc))
         environment_for_children(endpoint.url)
-        master.settings = replace(settings, endpoint_url=endpoint.url, create_queues=True)
+        settings = resolve_local(settings, endpoint.url, forced=local)
         logs.get("sqsd").info("local SQS endpoint started", url=endpoint.url)
+    master = Master(settings, config_path, queues, suffix, message_limit)
+    if endpoint is not None:  # every reload resolves the file again the same way
+        master.local_endpoint, master.local_only = endpoint.url, local
     try:
         code = master.run()
     except SocketInUse as exc:
@@ -127,16 +134,14 @@ def _exit_during_startup(signum: int, frame: object) -> None:
 @config_option
 def check(config_path: str) -> None:
     """Validate the configuration, import receivers and reach every queue."""
-    from sqsd import preflight
-    from sqsd.master import Master, import_receivers
-    from sqsd.sqs import is_missing_queue, make_client
+    from sqsd import plan, preflight
+    from sqsd.sqs import describe_error, is_missing_queue, make_client
 
     settings = load_settings(config_path)
     try:
-        import_receivers(settings)
-        master = Master(settings, config_path)
-        programs = master.wanted_programs(settings, master.queues)
-        preflight.check(settings, master.queues)
+        queues, wanted = plan.prepare(settings)
+        preflight.check(settings, queues)
+        specs = wanted.values()
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if settings.endpoint_url == "local":
@@ -144,7 +149,7 @@ def check(config_path: str) -> None:
         return
     client = make_client(settings, wait_time_seconds=0)
     names = sorted(
-        {p.spec.url_name for p in programs} | {p.spec.dead_letter_name for p in programs} - {""}
+        {s.url_name for s in specs} | {s.dead_letter_name for s in specs if s.dead_letter_name}
     )
     problems = created = 0
     for name in names:
@@ -157,12 +162,9 @@ def check(config_path: str) -> None:
                 click.echo(f"create   {name}: does not exist yet; will be created at start")
                 continue
             problems += 1
+            reason = describe_error(exc)
             if is_missing_queue(exc):
-                reason = "queue does not exist (create it, or set create_queues = true)"
-            elif type(exc).__name__ == "NoCredentialsError":
-                reason = "no AWS credentials found (environment, ~/.aws or instance role)"
-            else:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason += " (create it, or set create_queues = true)"
             click.echo(redact(f"missing  {name}: {reason}"))
     if problems:
         fail(f"{problems} of {len(names)} queues not reachable")
@@ -172,21 +174,107 @@ def check(config_path: str) -> None:
     click.echo(f"{config_path}: configuration valid, {reachable}")
 
 
+@sqsd_main.command(name="install-units")
+@click.option(
+    "--dest",
+    default=None,
+    help=f"Directory to copy the systemd units into (default {units_module.SYSTEMD_DIR}).",
+)
+@click.option("--force", is_flag=True, help="Replace unit files that differ from the shipped ones.")
+@click.option(
+    "--config",
+    "config_path",
+    default=config_module.DEFAULT_CONFIG_PATH,
+    show_default=True,
+    help="Configuration path for the suggested ExecStart drop-in.",
+)
+def install_units(dest: str | None, force: bool, config_path: str) -> None:
+    """Copy the shipped systemd units (sqsd.socket, sqsd.service, sqsd@.*) into DEST."""
+    dest = dest or units_module.SYSTEMD_DIR
+    installed = units_module.install(dest, force)
+    differing = [item for item in installed if item.action == "differs"]
+    if differing:
+        names = ", ".join(str(item.path) for item in differing)
+        fail(f"{names}: differs from the shipped unit; nothing written (--force replaces it)")
+    for item in installed:
+        click.echo(f"{item.action:10} {item.path}")
+    dropin = units_module.exec_start_dropin(config_path)
+    click.echo(
+        "\nNext: point ExecStart at this installation (the shipped one says\n"
+        "/usr/local/bin/sqsd), then start both units:\n\n"
+        f"  mkdir -p {dest}/sqsd.service.d\n"
+        f"  cat > {dest}/sqsd.service.d/override.conf <<'EOF'\n"
+        f"{dropin}EOF\n"
+        "  systemctl daemon-reload\n"
+        "  systemctl enable --now sqsd.socket sqsd.service"
+    )
+
+
 # -- sqsctl ---------------------------------------------------------------------------
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sqsctl", message="%(prog)s %(version)s")
 @click.option(
     "--socket",
     "socket_path",
     default=None,
-    help="Control socket (default $SQSD_SOCKET or /run/sqsd/sqsd.sock).",
+    help="Control socket (default: -c's socket, else $SQSD_SOCKET, else the socket of "
+    "$SQSD_CONFIG or /etc/sqsd/sqsd.toml, else /run/sqsd/sqsd.sock).",
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default=None,
+    help="Take the control socket from this configuration file.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_context
-def sqsctl_main(ctx: click.Context, socket_path: str | None, as_json: bool) -> None:
+def sqsctl_main(
+    ctx: click.Context, socket_path: str | None, config_path: str | None, as_json: bool
+) -> None:
     """Inspect and drive a running sqsd through its control socket."""
-    ctx.obj = {"socket": socket_path, "json": as_json}
+    ctx.obj = {"socket": control_socket(socket_path, config_path), "json": as_json}
+
+
+def control_socket(socket_path: str | None, config_path: str | None) -> str:
+    """The socket sqsctl talks to: the explicit choices first, then the environment's."""
+    if socket_path:
+        return socket_path
+    if config_path:
+        return configured_socket(config_path)
+    if os.environ.get("SQSD_SOCKET"):
+        return os.environ["SQSD_SOCKET"]
+    if os.environ.get("SQSD_CONFIG"):
+        return configured_socket(os.environ["SQSD_CONFIG"])
+    # The daemon's default file, when it is there and this user may read it.
+    default = configured_socket(config_module.DEFAULT_CONFIG_PATH, required=False)
+    return default or sqsd_client.protocol.DEFAULT_SOCKET
+
+
+def configured_socket(config_path: str, required: bool = True) -> str | None:
+    """``[sqsd] socket`` of a configuration file; None if it cannot be read and not required.
+
+    Only that key is read, not the whole file validated: after an edit the daemon refused,
+    `sqsctl -c FILE reload` must still reach the daemon that runs the previous version.
+    """
+    try:
+        with open(config_path, "rb") as f:
+            section = tomllib.load(f).get("sqsd")
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        if not required:
+            return None
+        reason = exc.strerror if isinstance(exc, OSError) else f"not valid TOML: {exc}"
+        fail(f"{config_path}: {reason}", EXIT_USAGE)
+    socket_path = (section if isinstance(section, dict) else {}).get(
+        "socket", sqsd_client.protocol.DEFAULT_SOCKET
+    )
+    if not isinstance(socket_path, str) or not socket_path:
+        if not required:
+            return None
+        fail(f"{config_path}: [sqsd] socket: expected a path", EXIT_USAGE)
+    return socket_path
 
 
 def call(
@@ -196,7 +284,11 @@ def call(
     try:
         return client.call(cmd, **args)
     except sqsd_client.DaemonUnavailable as exc:
-        fail(f"daemon not reachable: {exc}", EXIT_UNREACHABLE)
+        fail(
+            f"daemon not reachable: {exc} (is sqsd running? --socket PATH or -c CONFIG "
+            "points sqsctl at another socket)",
+            EXIT_UNREACHABLE,
+        )
     except sqsd_client.CommandFailed as exc:
         if ctx.obj["json"]:
             click.echo(json.dumps(exc.reply))
@@ -308,109 +400,3 @@ def scale(ctx: click.Context, target: str, processes: int) -> None:
     queue, _, suffix = target.partition(":")
     reply = call(ctx, "scale", queue=queue, suffix=suffix or None, processes=processes)
     emit(ctx, reply, f"{target}: {reply['processes']} processes")
-
-
-def render_clear(reply: dict[str, Any], purge: bool) -> str:
-    """One line per queue: what was deleted (or purged) and what stayed in flight."""
-    lines = []
-    verb = "purged" if purge else "deleted"
-    for name, result in reply["queues"].items():
-        if "error" in result:
-            lines.append(f"{name}: {result['error']}")
-        else:
-            count = result.get("purged", result.get("deleted", 0))
-            in_flight = result.get("in_flight", 0)
-            lines.append(f"{name}: {count} {verb}, {in_flight} in flight (not touched)")
-    return "\n".join(lines)
-
-
-def render_status(status: dict[str, Any]) -> str:
-    """The status reply as aligned tables for people."""
-    header = (
-        f"sqsd pid {status['pid']}  up {_duration(status['uptime'])}  config {status['config']}"
-    )
-    if status.get("stopping"):
-        header += "  STOPPING"
-    worker_rows = [
-        (
-            "QUEUE",
-            "PID",
-            "STATE",
-            "FOR",
-            "DONE",
-            "FAILED",
-            "RETRIED",
-            "DLQ",
-            "RESTARTS",
-            "RSS",
-            "LAST EXIT",
-        )
-    ]
-    for w in status["workers"]:
-        state = w["state"]
-        if state == "busy":
-            state = f"busy {w.get('message_id', '')[:8]}"
-        elif state == "idle":
-            state = f"idle {w.get('idle_seconds', 0):.0f}s left"
-        elif state == "crashloop" and "retry_in" in w:
-            state = f"crashloop retry {w['retry_in']:.0f}s"
-        worker_rows.append(
-            (
-                _label(w),
-                str(w.get("pid") or "-"),
-                state,
-                _duration(w.get("state_seconds", w.get("message_seconds"))),
-                str(w.get("processed", "-")),
-                str(w.get("failed", "-")),
-                str(w.get("retried", "-")),
-                str(w.get("dead_lettered", "-")),
-                str(w["restarts"]),
-                _mib(w.get("rss")),
-                w.get("last_exit") or "-",
-            )
-        )
-    queue_rows = [("QUEUE", "SQS NAME", "PROCS", "VISIBLE", "IN FLIGHT", "DELAYED", "AGE")]
-    for q in status["queues"]:
-        unknown = "?" if q.get("depth_error") is None else "error"
-        queue_rows.append(
-            (
-                _label(q),
-                q["url_name"],
-                str(q["processes"]),
-                _count(q.get("visible"), unknown),
-                _count(q.get("in_flight"), unknown),
-                _count(q.get("delayed"), unknown),
-                _duration(q.get("depth_age")),
-            )
-        )
-    return "\n".join([header, "", _table(worker_rows), "", _table(queue_rows)])
-
-
-def _label(entry: dict[str, Any]) -> str:
-    return f"{entry['queue']}:{entry['suffix']}" if entry.get("suffix") else entry["queue"]
-
-
-def _count(value: int | None, unknown: str) -> str:
-    return unknown if value is None else str(value)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:.0f}M"
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )

@@ -15,12 +15,12 @@ from typing import Any
 
 from sqsd import redact
 from sqsd.errors import ConfigError
+from sqsd.sqs import MAX_BATCH, MAX_VISIBILITY, MAX_WAIT
+from sqsd_client.protocol import DEFAULT_SOCKET
 
 DEFAULT_CONFIG_PATH = "/etc/sqsd/sqsd.toml"
-DEFAULT_SOCKET = "/run/sqsd/sqsd.sock"
 ON_ERROR_CHOICES = ("delete", "retry", "dead-letter")
 LOG_FORMATS = ("json", "console", "logfmt")
-MAX_VISIBILITY = 43200  # 12 hours, SQS's limit
 MIN_VISIBILITY = 5  # below this the heartbeat cannot keep a running message hidden
 
 
@@ -164,9 +164,9 @@ QUEUE_KEYS: dict[str, Key] = {
     "suffixes": _suffixes(),
     "processes": _int_range(0, 256),
     "visibility_timeout": _int_range(MIN_VISIBILITY, MAX_VISIBILITY),
-    "wait_time_seconds": _int_range(0, 20),
+    "wait_time_seconds": _int_range(0, MAX_WAIT),
     "idle_sleep_max": _number(0, 3600),
-    "batch_size": _int_range(1, 10),
+    "batch_size": _int_range(1, MAX_BATCH),
     "graceful_timeout": _number(0, 3600),
     "max_retries": _int_range(0, 1000),
     "dead_letter_queue": _string(),
@@ -197,9 +197,9 @@ class QueueSettings:
     suffixes: tuple[str, ...] = ("",)
     processes: int = 1
     visibility_timeout: int = 60
-    wait_time_seconds: int = 20
+    wait_time_seconds: int = MAX_WAIT
     idle_sleep_max: float = 60.0
-    batch_size: int = 10
+    batch_size: int = MAX_BATCH
     graceful_timeout: float = 30.0
     max_retries: int = 5
     dead_letter_queue: str = ""

@@ -184,6 +184,18 @@ def get(name: str = "sqsd", **context: Any) -> Any:
     return structlog.get_logger().bind(logger=name, **context)
 
 
+def library(name: str) -> Any:
+    """A logger for code that runs in other people's processes (producers in a web app):
+    the same keyword events as ``get``, handed to the stdlib logger ``name`` (fields as
+    ``extra``), so the host application's logging configuration decides where they go. In
+    the daemon they render like every other line."""
+    return structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=[structlog.stdlib.render_to_log_kwargs],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
 class FailedLog:
     """Bodies of failed messages: one JSON line per message in ``path`` (if set), and a
     record on the ``sqsd.failed`` logger either way.

@@ -9,47 +9,41 @@ the wanted one (``manage_workers``), so restarts fall out of reconciliation.
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import gc
 import os
 import random
-import selectors
 import signal
-import socket
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import setproctitle
 
+from sqsd import children, logs, notify, plan, preflight, scoreboard
 from sqsd import config as config_module
-from sqsd import logs, notify, preflight, scoreboard
-from sqsd.config import QueueSettings, Settings
-from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, ConfigError
+from sqsd.config import Settings
+from sqsd.control.commands import ControlPlane
+from sqsd.errors import EXIT_OK, ConfigError
 from sqsd.givebacks import GiveBacks
-from sqsd.message import Message
-from sqsd.registry import REGISTRY
-from sqsd.sqs import READ_TIMEOUT_MARGIN
-from sqsd.worker import Worker, WorkerSpec
-
-CRASH_BACKOFF_MAX = 60.0
-STABLE_AFTER = 60.0  # a worker up this long resets its crash backoff
-FATAL_AFTER = 8  # consecutive failures before a program is given up until reload
-QUICK_STOP_GRACE = 3.0  # seconds a quick stop leaves workers to flush their deletes
-KILL_AFTER_ABORT = 5.0  # seconds between SIGABRT (stack dump) and SIGKILL of a hung worker
-SILENCE_MARGIN = 30.0
-LOOP_TICK = 1.0
-HANDLED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGCHLD,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
+from sqsd.local import resolve as resolve_local
+from sqsd.loop import EventLoop
+from sqsd.plan import WorkerSpec
+from sqsd.states import (
+    STOPPED_STATES,
+    Program,
+    ProgramState,
+    WorkerExit,
+    WorkerProcess,
+    WorkerState,
+    after_exit,
+    exit_code_when_done,
+    health_summary,
+    overdue,
 )
+from sqsd.worker import Worker
+
+QUICK_STOP_GRACE = 3.0  # seconds a quick stop leaves workers to flush their deletes
+LOOP_TICK = 1.0
 
 
 class ShutdownComplete(Exception):  # noqa: N818
@@ -61,38 +55,6 @@ class ShutdownComplete(Exception):  # noqa: N818
 
 
 @dataclass
-class WorkerProcess:
-    """A forked worker, as the master tracks it."""
-
-    pid: int
-    slot: scoreboard.Slot
-    wake_fd: int
-    started: float
-    stop_sent: float = 0.0
-    abort_sent: float = 0.0
-    reason: str = ""  # why the master stopped or killed it, for the exit log line
-
-
-@dataclass
-class Program:
-    """One wanted worker (queue, suffix, index) and its restart history (supervisord's term)."""
-
-    spec: WorkerSpec
-    state: str = "starting"  # starting, running, backoff, stopping, exited, fatal
-    worker: WorkerProcess | None = None
-    failures: int = 0
-    restarts: int = 0
-    next_start: float = 0.0
-    last_exit: str | None = None
-    retired: bool = False  # no longer wanted: stop it and forget it
-    respawn_now: bool = False  # stopped on purpose (reload, recycle): restart without backoff
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.spec.queue.name, self.spec.suffix, self.spec.index)
-
-
-@dataclass
 class Master:
     """The supervisor process. ``run()`` returns the exit code."""
 
@@ -101,31 +63,42 @@ class Master:
     only_queues: tuple[str, ...] = ()
     only_suffix: str | None = None
     message_limit: int = 0
-    programs: dict[tuple[str, str, int], Program] = field(default_factory=dict)
+    local_endpoint: str = ""  # URL of the embedded endpoint `sqsd run` started, if any
+    local_only: bool = False  # `sqsd run --local`: whatever endpoint_url says
+    programs: dict[plan.Key, Program] = field(default_factory=dict)
     scale_overrides: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.log = logs.get("sqsd.master")
         self.pid = os.getpid()
         self.started = time.monotonic()
-        self.selector = selectors.DefaultSelector()
+        self.loop = EventLoop()
         self.scoreboard = scoreboard.Scoreboard()
         self.givebacks = GiveBacks()
-        self.signal_queue: list[int] = []
         self.stopping_since = 0.0
         self.graceful_deadline = 0.0
         self.quick = False
         self.ready_sent = False
         self.exit_code = EXIT_OK
-        self.control: Any = None  # sqsd.control.commands.ControlPlane, set in start()
         self.notifier = notify.Notifier()
-        self.fd_closers: list[Callable[[], None]] = []  # run in every forked child
-        self.timers: list[tuple[float, Callable[[], None]]] = []
+        self.control = ControlPlane(self, self.loop)
         self.poked = False  # the wanted set changed: supervise at the next turn
         self.supervised = 0.0  # when supervision last ran
-        self._signal_r, self._signal_w = socket.socketpair()
-        self.queues = self.queue_settings(self.settings)
-        self.fd_closers.append(self.notifier.close)
+        self.queues = plan.queue_settings(self.settings, self.only_queues, self.only_suffix)
+        # One table says which signals the master catches and what each one does.
+        self.signal_handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self.handle_sigterm,
+            signal.SIGINT: self.handle_sigint,
+            signal.SIGQUIT: self.handle_sigquit,
+            signal.SIGHUP: self.handle_sighup,
+            signal.SIGCHLD: self.reap_workers,
+            signal.SIGTTIN: self.handle_sigttin,
+            signal.SIGTTOU: self.handle_sigttou,
+        }
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.stopping_since)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -142,13 +115,11 @@ class Master:
         return code
 
     def start(self) -> None:
-        from sqsd.control.commands import ControlPlane
-
-        self.install_signal_handlers()
-        self.control = ControlPlane(self)
+        self.loop.catch_signals(self.signal_handlers)
         self.control.start()
-        self.set_title()
-        self.programs = {p.key: p for p in self.wanted_programs(self.settings, self.queues)}
+        setproctitle.setproctitle(f"sqsd: master -c {self.config_path}")
+        wanted = plan.wanted(self.settings, self.queues, self.scale_overrides)
+        self.programs = {key: Program(spec) for key, spec in wanted.items()}
         if not self.programs:
             self.log.warning("no queues to run: configure [queues.NAME] or register receivers")
         gc.freeze()  # preloaded objects stay shared copy-on-write: the collector won't touch them
@@ -164,21 +135,16 @@ class Master:
     def cleanup(self) -> None:
         if not self.stopping_since:
             self.notifier.send("STOPPING=1")
-        if self.control is not None:
-            self.control.close()
-        signal.set_wakeup_fd(-1)
-        self.selector.close()
+        self.control.close()
+        self.loop.close()
 
     def loop_once(self) -> None:
-        events = self.selector.select(self.next_timeout())
-        for key, _ in events:
-            key.data()
-        if self.timers:
-            self.run_timers()
+        served = self.loop.run_once(self.next_timeout())
         now = time.monotonic()
         # A turn that only served control clients (a wake-up flood, say) leaves supervision
         # to its own pace: signals, pokes, a quiet select or a tick's worth of time.
-        if events and not (self.signal_queue or self.poked) and now - self.supervised < LOOP_TICK:
+        only_clients = served and not (self.loop.signals_pending or self.poked)
+        if only_clients and now - self.supervised < LOOP_TICK:
             return
         self.poked = False
         self.supervised = now
@@ -191,63 +157,39 @@ class Master:
         if self.stopping_since:
             self.check_stopped()
 
-    def run_timers(self) -> None:
-        now = time.monotonic()
-        due = [t for t in self.timers if t[0] <= now]
-        if due:
-            self.timers = [t for t in self.timers if t[0] > now]
-            for _, action in due:
-                action()
-
     def next_timeout(self) -> float:
         timeout = min(LOOP_TICK, self.notifier.watchdog_interval or LOOP_TICK)
         now = time.monotonic()
-        for when, _ in self.timers:
-            timeout = min(timeout, max(0.0, when - now))
         for program in self.programs.values():
-            if program.worker is None and program.state == "backoff":
+            if program.worker is None and program.state is ProgramState.BACKOFF:
                 timeout = min(timeout, max(0.0, program.next_start - now))
         return timeout
 
-    # -- signals ------------------------------------------------------------------------
-
-    def install_signal_handlers(self) -> None:
-        for sock in (self._signal_r, self._signal_w):
-            sock.setblocking(False)
-        signal.set_wakeup_fd(self._signal_w.fileno(), warn_on_full_buffer=False)
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, self._enqueue_signal)
-        self.selector.register(self._signal_r, selectors.EVENT_READ, self._drain_signal_pipe)
-        self.fd_closers.append(self._signal_r.close)
-        self.fd_closers.append(self._signal_w.close)
-
-    def _enqueue_signal(self, signum: int, frame: Any) -> None:
-        self.signal_queue.append(signum)
-
-    def _drain_signal_pipe(self) -> None:
-        try:
-            while self._signal_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+    # -- signals: the handlers only queue them; the work happens here --------------------
 
     def handle_signals(self) -> None:
-        while self.signal_queue:
-            signum = self.signal_queue.pop(0)
-            if signum == signal.SIGCHLD:
-                continue  # reap_workers runs every turn
-            name = signal.Signals(signum).name
-            self.log.info("signal received", signal=name)
-            if signum == signal.SIGTERM:
-                self.begin_stop(quick=False)
-            elif signum == signal.SIGINT:
-                self.begin_stop(quick=bool(self.stopping_since))
-            elif signum == signal.SIGQUIT:
-                self.begin_stop(quick=True)
-            elif signum == signal.SIGHUP:
-                self.reload()
-            elif signum in (signal.SIGTTIN, signal.SIGTTOU):
-                self.scale_all(1 if signum == signal.SIGTTIN else -1)
+        for signum in self.loop.pop_signals():
+            if signum != signal.SIGCHLD:
+                self.log.info("signal received", signal=signal.Signals(signum).name)
+            self.signal_handlers[signum]()
+
+    def handle_sigterm(self) -> None:
+        self.begin_stop(quick=False)
+
+    def handle_sigint(self) -> None:
+        self.begin_stop(quick=self.stopping)  # a second Ctrl-C hurries up
+
+    def handle_sigquit(self) -> None:
+        self.begin_stop(quick=True)
+
+    def handle_sighup(self) -> None:
+        self.reload()
+
+    def handle_sigttin(self) -> None:
+        self.scale_all(+1)
+
+    def handle_sigttou(self) -> None:
+        self.scale_all(-1)
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -290,7 +232,7 @@ class Master:
         if not worker.stop_sent or quick:
             worker.stop_sent = worker.stop_sent or time.monotonic()
             worker.reason = reason or worker.reason
-            program.state = "stopping"
+            program.state = ProgramState.STOPPING
             self.kill(worker.pid, signal.SIGQUIT if quick else signal.SIGTERM)
 
     def kill(self, pid: int, signum: int) -> None:
@@ -301,14 +243,12 @@ class Master:
 
     def reload(self) -> str | None:
         """Re-read the configuration; on error keep running the old one. Returns the error."""
-        self.notifier.send(
-            f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
-        )
+        self.notifier.reloading()
         try:
-            settings = config_module.load(self.config_path)
-            import_receivers(settings)
-            queues = self.queue_settings(settings)
-            wanted = {p.key: p for p in self.wanted_programs(settings, queues, overrides={})}
+            settings = resolve_local(
+                config_module.load(self.config_path), self.local_endpoint, forced=self.local_only
+            )
+            queues, wanted = plan.prepare(settings, self.only_queues, self.only_suffix)
             preflight.check(settings, queues, socket=False)
         except ConfigError as exc:
             self.log.error("reload failed; keeping the running configuration", error=str(exc))
@@ -317,34 +257,21 @@ class Master:
         if settings.socket != self.settings.socket:
             self.log.warning("socket changes need a restart; keeping", socket=self.settings.socket)
             settings = replace(settings, socket=self.settings.socket)
-        daemon_changed = worker_environment(settings) != worker_environment(self.settings)
+        changes = plan.diff(
+            self.running_specs(),
+            wanted,
+            environment_changed=(
+                plan.worker_environment(settings) != plan.worker_environment(self.settings)
+            ),
+        )
         if (settings.log_format, settings.log_level) != (
             self.settings.log_format,
             self.settings.log_level,
         ):
             logs.configure(settings.log_format, settings.log_level)
-        self.settings = settings
-        self.queues = queues
+        self.settings, self.queues = settings, queues
         self.scale_overrides.clear()
-        for key, program in self.programs.items():
-            new = wanted.pop(key, None)
-            if new is None:
-                program.retired = True
-                self.stop_worker(program, reason="removed by reload")
-                continue
-            program.retired = False  # wanted again while an earlier change was stopping it
-            if new.spec != program.spec or daemon_changed:
-                program.spec = new.spec
-                program.failures = 0
-                program.respawn_now = True
-                if program.worker is not None:
-                    self.stop_worker(program, reason="settings changed by reload")
-                elif program.state in ("fatal", "exited", "backoff"):
-                    program.state = "starting"
-            elif program.state in ("fatal", "backoff"):
-                program.state, program.failures = "starting", 0
-        self.programs.update(wanted)
-        self.poked = True
+        self.apply(changes, wanted, stop_reason="removed by reload", second_chance=True)
         self.log.info("configuration reloaded", workers=len(self.active_programs()))
         self.notifier.send("READY=1")
         return None
@@ -357,87 +284,49 @@ class Master:
         if suffix not in queue_settings.suffixes:
             raise KeyError(f"queue {queue!r} has no suffix {suffix!r}")
         self.scale_overrides[(queue, suffix)] = processes
-        wanted = {p.key: p for p in self.wanted_programs(self.settings, self.queues)}
-        for key, program in self.programs.items():
-            if key[:2] == (queue, suffix) and key not in wanted:
-                program.retired = True
-                self.stop_worker(program, reason="scaled down")
-        for key, program in wanted.items():
-            self.programs.setdefault(key, program).retired = False
-        self.poked = True
+        wanted = plan.wanted(self.settings, self.queues, self.scale_overrides)
+        self.apply(plan.diff(self.running_specs(), wanted), wanted, stop_reason="scaled down")
         return processes
+
+    def running_specs(self) -> dict[plan.Key, WorkerSpec]:
+        return {key: program.spec for key, program in self.programs.items()}
+
+    def apply(
+        self,
+        changes: plan.Changes,
+        wanted: dict[plan.Key, WorkerSpec],
+        *,
+        stop_reason: str,
+        second_chance: bool = False,
+    ) -> None:
+        """Make the running set what ``wanted`` says; supervision does the rest. With
+        ``second_chance`` (a reload), programs given up or backing off start again."""
+        for key in changes.stop:
+            program = self.programs[key]
+            program.retired = True
+            self.stop_worker(program, reason=stop_reason)
+        for key in changes.restart:
+            program = self.programs[key]
+            program.spec, program.failures, program.retired = wanted[key], 0, False
+            if program.worker is not None:
+                self.stop_worker(program, reason="settings changed by reload")
+            elif program.state in (*STOPPED_STATES, ProgramState.BACKOFF):
+                program.state = ProgramState.STARTING
+        for key in changes.keep:
+            program = self.programs[key]
+            program.retired = False  # wanted again while a change was stopping it
+            if second_chance and program.state in (ProgramState.FATAL, ProgramState.BACKOFF):
+                program.state, program.failures = ProgramState.STARTING, 0
+        for key in changes.start:
+            self.programs[key] = Program(wanted[key])
+        self.poked = True
 
     def scale_all(self, delta: int) -> None:
         for (queue, suffix), count in self.process_counts().items():
             self.scale(queue, suffix, max(0, count + delta))
 
     def process_counts(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for queue in self.queues.values():
-            for suffix in queue.suffixes:
-                counts[(queue.name, suffix)] = self.scale_overrides.get(
-                    (queue.name, suffix), queue.processes
-                )
-        return counts
-
-    # -- the wanted set -----------------------------------------------------------------
-
-    def queue_settings(self, settings: Settings) -> dict[str, QueueSettings]:
-        """Every queue to run: configured ones and those registered in code, filtered by
-        ``sqsd run QUEUE...``."""
-        registered = [
-            name
-            for name, registration in REGISTRY.items()
-            if name not in settings.queues
-            and (name in IMPORTED_QUEUES or _imported_by(registration.module, settings.imports))
-        ]
-        names = list(settings.queues) + registered
-        if self.only_queues:
-            names = [n for n in names if n in self.only_queues]
-        result: dict[str, QueueSettings] = {}
-        for name in names:
-            registration = REGISTRY.get(name)
-            options = registration.options if registration else None
-            queue = settings.queue_settings(name, options)
-            if self.only_suffix is not None:
-                if self.only_suffix not in queue.suffixes:
-                    continue  # `run --suffix S` runs the queues that have S
-                queue = replace(queue, suffixes=(self.only_suffix,))
-            result[name] = queue
-        return result
-
-    def wanted_programs(
-        self,
-        settings: Settings,
-        queues: dict[str, QueueSettings],
-        overrides: dict[tuple[str, str], int] | None = None,
-    ) -> list[Program]:
-        """One program per queue, suffix and process, with handlers resolved (preload)."""
-        overrides = self.scale_overrides if overrides is None else overrides
-        programs = []
-        for queue in queues.values():
-            handler, message_class = resolve_handler(settings, queue)
-            after = (
-                resolve_reference(settings, queue, "after_message") if queue.after_message else None
-            )
-            for suffix in queue.suffixes:
-                for index in range(overrides.get((queue.name, suffix), queue.processes)):
-                    spec = WorkerSpec(
-                        queue=queue,
-                        suffix=suffix,
-                        url_name=settings.queue_url_name(queue.name, suffix),
-                        dead_letter_name=(
-                            settings.queue_url_name(queue.dead_letter_queue)
-                            if queue.dead_letter_queue
-                            else ""
-                        ),
-                        handler=handler,
-                        message_class=message_class,
-                        after_message=after,
-                        index=index,
-                    )
-                    programs.append(Program(spec))
-        return programs
+        return plan.process_counts(self.queues, self.scale_overrides)
 
     def active_programs(self) -> list[Program]:
         return [p for p in self.programs.values() if not p.retired]
@@ -453,9 +342,9 @@ class Master:
             if program.retired:
                 del self.programs[key]
                 continue
-            if self.stopping_since or program.state in ("fatal", "exited"):
+            if self.stopping_since or program.state in STOPPED_STATES:
                 continue
-            if program.state == "backoff" and now < program.next_start:
+            if program.state is ProgramState.BACKOFF and now < program.next_start:
                 continue
             self.spawn_worker(program)
         if not self.ready_sent and not self.stopping_since:
@@ -466,52 +355,26 @@ class Master:
         slot = self.scoreboard.allocate()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
-        pid = os.fork()
-        if pid == 0:
-            os.close(wake_w)
-            self.run_in_child(lambda: self.worker_main(program.spec, slot, wake_r))
+        pid = self.fork(lambda: self.worker_main(program.spec, slot, wake_r), close=(wake_w,))
         os.close(wake_r)
         program.worker = WorkerProcess(pid=pid, slot=slot, wake_fd=wake_w, started=time.monotonic())
-        program.state = "running"
-        program.respawn_now = False
+        program.state = ProgramState.RUNNING
         self.log.info("worker spawned", queue=program.spec.label, pid=pid, index=program.spec.index)
 
-    def run_in_child(self, main: Callable[[], int]) -> None:
-        """In a freshly forked child: undo the master's state, run ``main``, never return."""
-        code = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            for signum in HANDLED_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the master's to handle
-            notify.set_parent_death_signal(signal.SIGTERM)
-            if os.getppid() != self.pid:
-                os._exit(EXIT_OK)
-            self.selector.close()
-            for close in self.fd_closers:
-                close()
-            if self.control is not None:
-                self.control.close_in_child()
-            for other in self.programs.values():
-                if other.worker is not None:
-                    os.close(other.worker.wake_fd)
-            os.environ.pop("NOTIFY_SOCKET", None)
-            os.environ.pop("WATCHDOG_USEC", None)
-            faulthandler.enable()
-            code = main()
-        except SystemExit as exc:
-            code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            logs.print_exception()
-            code = 1
-        finally:
-            for stream in (sys.stdout, sys.stderr):  # a broken pipe must not skip _exit
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os._exit(code)
+    def fork(self, main: Callable[[], int], close: Iterable[int] = ()) -> int:
+        """Fork a child that runs ``main`` and never returns into master code; its pid."""
+
+        def undo() -> None:
+            self.loop.close_in_child()
+            self.notifier.close()
+            self.control.close_in_child()
+            for fd in [*close, *(p.worker.wake_fd for p in self.programs.values() if p.worker)]:
+                os.close(fd)
+
+        return children.fork(main, undo=undo)
 
     def worker_main(self, spec: WorkerSpec, slot: scoreboard.Slot, wake_fd: int) -> int:
-        setproctitle.setproctitle(f"sqsd: worker {spec.label} starting")
+        setproctitle.setproctitle(f"sqsd: worker {spec.label} {WorkerState.STARTING.label}")
         worker = Worker(
             spec,
             self.settings,
@@ -531,12 +394,11 @@ class Master:
                 return
             if pid == 0:
                 return
-            program = self.program_by_pid(pid)
-            if program is None:
-                if self.control is not None:
-                    self.control.child_exited(pid, status)
-                continue
-            self.worker_exited(program, status)
+            by_pid = {p.worker.pid: p for p in self.programs.values() if p.worker is not None}
+            if pid in by_pid:
+                self.worker_exited(by_pid[pid], status)
+            else:
+                self.control.child_exited(pid, status)
 
     def worker_exited(self, program: Program, status: int) -> None:
         worker = program.worker
@@ -546,229 +408,73 @@ class Master:
         counters = worker.slot.read().counters
         finished_messages = counters["processed"] + counters["failed"] + counters["retried"]
         self.scoreboard.release(worker.slot)
-        now = time.monotonic()
-        uptime = now - worker.started
-        code = os.waitstatus_to_exitcode(status)
-        reason = describe_exit(code)
-        if worker.reason:
-            reason = f"{reason} ({worker.reason})"
-        program.last_exit = reason
-        planned = bool(worker.stop_sent) or code == EXIT_RECYCLE or program.respawn_now
-        log = self.log.bind(queue=program.spec.label, pid=worker.pid, exit=reason)
+        program.last_exit = WorkerExit(os.waitstatus_to_exitcode(status), worker.reason)
+        log = self.log.bind(queue=program.spec.label, pid=worker.pid, exit=str(program.last_exit))
         if self.stopping_since or program.retired:
             log.info("worker exited")
             return
         program.restarts += 1
-        if code == EXIT_CONFIG:
-            program.state = "fatal"
-            log.error("worker cannot run with this configuration; not restarting until reload")
-        elif code == EXIT_OK and not planned:
-            program.state = "exited"
-            log.info("worker finished")
-        elif planned:
-            program.state = "starting"
-            log.info("worker exited; replacing")
+        now = time.monotonic()
+        restart = after_exit(
+            program.last_exit.code,
+            stop_sent=bool(worker.stop_sent),
+            failures=program.failures,
+            uptime=now - worker.started,
+            progressed=bool(finished_messages),
+        )
+        program.state, program.failures = restart.state, restart.failures
+        program.next_start = now + restart.delay * random.uniform(0.9, 1.1)
+        if restart.state is ProgramState.FATAL:
+            log.error(restart.event, failures=restart.failures if restart.crashed else None)
+        elif restart.crashed:
+            log.warning(restart.event, failures=restart.failures, seconds=restart.delay or None)
         else:
-            # A worker that finished messages before crashing (one poison message among
-            # good ones) is not in a crash loop: restart it at once, never give up on it.
-            if uptime >= STABLE_AFTER or finished_messages:
-                program.failures = 0
-            program.failures += 1
-            if program.failures >= FATAL_AFTER:
-                program.state = "fatal"
-                log.error(
-                    "worker keeps crashing; giving up until reload", failures=program.failures
-                )
-            elif program.failures == 1:
-                program.state = "starting"
-                log.warning("worker crashed; restarting")
-            else:
-                delay = min(CRASH_BACKOFF_MAX, 2.0 ** (program.failures - 1))
-                program.state = "backoff"
-                program.next_start = now + delay * random.uniform(0.9, 1.1)
-                log.warning(
-                    "worker crashed again; backing off", failures=program.failures, seconds=delay
-                )
+            log.info(restart.event)
         self.check_all_fatal()
 
     def check_all_fatal(self) -> None:
-        active = self.active_programs()
-        if active and all(p.state in ("fatal", "exited") for p in active):
-            fatal = [p for p in active if p.state == "fatal"]
-            if not fatal:
-                self.exit_code = EXIT_OK
-            elif all(p.last_exit and "exit 78" in p.last_exit for p in fatal):
-                self.exit_code = EXIT_CONFIG  # systemd's RestartPreventExitStatus=78 applies
-            else:
-                self.exit_code = 1
-            self.begin_stop(quick=False, reason="every queue is fatal" if fatal else "all done")
+        code = exit_code_when_done(self.active_programs())
+        if code is not None:
+            self.exit_code = code
+            self.begin_stop(
+                quick=False, reason="all done" if code == EXIT_OK else "every queue is fatal"
+            )
 
     def murder_workers(self) -> None:
         """Abort (stack dump) then kill workers stuck on one message or silent too long."""
         now = time.monotonic()
         for program in self.programs.values():
             worker = program.worker
-            if worker is None:
+            verdict = worker and overdue(worker, program.spec.queue, now, stopping=self.stopping)
+            if not worker or not verdict:
                 continue
-            if worker.abort_sent:
-                if now - worker.abort_sent > KILL_AFTER_ABORT:
-                    self.kill(worker.pid, signal.SIGKILL)
-                continue
-            if worker.stop_sent:
-                if (
-                    now - worker.stop_sent > program.spec.queue.graceful_timeout
-                    and not self.stopping_since
-                ):
-                    worker.reason = worker.reason or "killed after graceful_timeout"
-                    self.kill(worker.pid, signal.SIGKILL)
-                continue
-            reason = hang_reason(program.spec.queue, worker.slot.read(), now)
-            if reason:
-                self.log.error(
-                    "worker hung; aborting", queue=program.spec.label, pid=worker.pid, reason=reason
-                )
-                worker.reason = reason
+            signum, worker.reason = verdict
+            if signum == signal.SIGABRT:
+                log = self.log.bind(queue=program.spec.label, pid=worker.pid)
+                log.error("worker hung; aborting", reason=worker.reason)
                 worker.abort_sent = now
-                self.kill(worker.pid, signal.SIGABRT)
-
-    def program_by_pid(self, pid: int) -> Program | None:
-        for program in self.programs.values():
-            if program.worker is not None and program.worker.pid == pid:
-                return program
-        return None
+            self.kill(worker.pid, signum)
 
     # -- wake-ups -----------------------------------------------------------------------
 
     def wake(self, queue: str, suffix: str | None) -> int:
         """Wake the workers of ``queue`` (one suffix, or all); returns how many."""
-        woken = 0
-        for program in self.programs.values():
-            spec = program.spec
-            if spec.queue.name != queue or (suffix is not None and spec.suffix != suffix):
-                continue
-            if program.worker is None:
-                continue
+        workers = [
+            p.worker
+            for p in self.programs.values()
+            if p.worker is not None
+            and p.spec.queue.name == queue
+            and suffix in (None, p.spec.suffix)
+        ]
+        for worker in workers:
             # A full pipe already holds a wake-up; a closed one belongs to a worker being reaped.
             with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(program.worker.wake_fd, b"w")
-            woken += 1
-        return woken
+                os.write(worker.wake_fd, b"w")
+        return len(workers)
 
     # -- observability ------------------------------------------------------------------
 
-    def set_title(self) -> None:
-        setproctitle.setproctitle(f"sqsd: master -c {self.config_path}")
-
     def report_health(self) -> None:
-        if not self.notifier.enabled:
-            return
-        self.notifier.watchdog()
-        running = sum(1 for p in self.programs.values() if p.worker is not None)
-        fatal = sum(1 for p in self.programs.values() if p.state == "fatal")
-        backoff = sum(1 for p in self.programs.values() if p.state == "backoff")
-        status = f"{running} worker{'s' if running != 1 else ''} running"
-        if backoff:
-            status += f", {backoff} in crash backoff"
-        if fatal:
-            status += f", {fatal} fatal"
-        self.notifier.status(status)
-
-
-def worker_environment(settings: Settings) -> tuple[Any, ...]:
-    """The daemon-wide keys a running worker was started with: a reload that changes
-    them restarts every worker."""
-    return (
-        settings.region,
-        settings.endpoint_url,
-        settings.create_queues,
-        settings.failed_log,
-        settings.queue_prefix,
-    )
-
-
-def hang_reason(queue: QueueSettings, view: scoreboard.SlotView, now: float) -> str:
-    """Why a worker counts as hung, or "" when it is fine."""
-    if view.state == "busy" and view.message_started:
-        running = now - view.message_started
-        if queue.hard_timeout and running > queue.hard_timeout:
-            return f"message {view.message_id} ran {running:.0f}s, past hard_timeout"
-        return ""
-    silent = now - view.heartbeat
-    # A receive may take botocore's three attempts, each up to its read timeout.
-    limit = 3 * (queue.wait_time_seconds + READ_TIMEOUT_MARGIN) + SILENCE_MARGIN
-    if view.state in ("polling", "starting", "retrying") and silent > limit:
-        return f"silent for {silent:.0f}s while {view.state}"
-    if view.state == "idle" and silent > LOOP_TICK + SILENCE_MARGIN:
-        return f"silent for {silent:.0f}s while idle"
-    return ""
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    names = {
-        EXIT_OK: "exited 0",
-        EXIT_RECYCLE: "recycled (exit 75)",
-        EXIT_CONFIG: "configuration error (exit 78)",
-    }
-    return names.get(code, f"exited {code}")
-
-
-def import_receivers(settings: Settings) -> None:
-    """Import ``[sqsd] imports`` so their decorators register queues (preload, before fork).
-    Queues registered while they import (by modules they import in turn) count too."""
-    for module in settings.imports:
-        before = set(REGISTRY)
-        preflight.import_module(module, f"{settings.path}: [sqsd] imports")
-        IMPORTED_QUEUES.update(set(REGISTRY) - before)
-
-
-IMPORTED_QUEUES: set[str] = set()  # registered while an `imports` module was imported
-
-
-def resolve_reference(settings: Settings, queue: QueueSettings, key: str) -> Any:
-    """Import ``module:attribute`` named by a queue key."""
-    reference = getattr(queue, key)
-    module_name, _, attribute = reference.partition(":")
-    where = f"{settings.path}: [queues.{queue.name}] {key}"
-    module = preflight.import_module(module_name, where)
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ConfigError(
-            f"{where}: module {module_name!r} has no attribute {attribute!r}"
-        ) from None
-
-
-def resolve_handler(
-    settings: Settings, queue: QueueSettings
-) -> tuple[Callable[[Message], Any], type[Message]]:
-    """The callable and message class for ``queue``: its ``receiver`` key, else a registration."""
-    registration = REGISTRY.get(queue.name)
-    message_class: type[Message] = registration.message_class if registration else Message
-    if queue.message_class:
-        message_class = resolve_reference(settings, queue, "message_class")
-    if queue.receiver:
-        handler = resolve_reference(settings, queue, "receiver")
-        # A @receiver proxy or @task wrapper named in config: call what the worker should run.
-        handler = getattr(handler, "handle", None) or getattr(handler, "direct", None) or handler
-        if not callable(handler):
-            raise ConfigError(
-                f"{settings.path}: [queues.{queue.name}] receiver: expected a callable"
-            )
-        return handler, message_class
-    if registration is None:
-        raise ConfigError(
-            f'{settings.path}: [queues.{queue.name}] receiver: expected a "module:callable" '
-            "(no @receiver or @task registered this queue)"
-        )
-    return registration.handler, message_class
-
-
-def _imported_by(module: str, imports: tuple[str, ...]) -> bool:
-    """Registrations count when their module is listed in ``imports`` (or is inside one)."""
-    return any(module == name or module.startswith(name + ".") for name in imports)
-
+        if self.notifier.enabled:
+            self.notifier.watchdog()
+            self.notifier.status(health_summary(self.programs.values()))

@@ -1,4 +1,5 @@
-"""The message a handler receives, and how producers turn arguments into a body."""
+"""The message a handler receives, and how producers turn arguments into a body (including
+the task wire format ``[[args], {kwargs}]``)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,21 @@ class Message:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.queue}:{self.suffix} id={self.id}>"
+
+
+def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
+    """The zc.sqs wire format: ``[[args], {kwargs}]``."""
+    return json.dumps([list(args), kwargs], separators=(",", ":"))
+
+
+def decode_call(body: str) -> tuple[list[Any], dict[str, Any]]:
+    """Parse ``[[args], {kwargs}]``; ValueError with the reason when the body is not one."""
+    data = json.loads(body)
+    if (
+        not isinstance(data, list)
+        or len(data) != 2
+        or not isinstance(data[0], list)
+        or not isinstance(data[1], dict)
+    ):
+        raise ValueError("task message body is not [[args], {kwargs}]")
+    return data[0], data[1]

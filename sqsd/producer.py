@@ -6,7 +6,6 @@ Producers read the same configuration as the daemon (``sqsd.configure(path)`` or
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -15,17 +14,13 @@ from typing import Any
 
 import sqsd_client
 from sqsd import config as config_module
+from sqsd import logs
 from sqsd.errors import ConfigError, SendError
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
 from sqsd.registry import REGISTRY
-from sqsd.sqs import make_client
+from sqsd.sqs import encode_attributes, make_client, max_delay
 
-log = logging.getLogger("sqsd.producer")
-
-
-def max_sqs_delay() -> int:
-    """SQS accepts delays up to 900 s; ``$SQSD_MAX_SQS_DELAY`` lowers it (tests compress time)."""
-    return int(os.environ.get("SQSD_MAX_SQS_DELAY", "900"))
+log = logs.library("sqsd.producer")
 
 
 class Producer:
@@ -85,7 +80,7 @@ class Producer:
         params: dict[str, Any] = {"QueueUrl": self.queue_url(url_name), "MessageBody": body}
         attributes = dict(message_attributes or {})
         if delay_seconds:
-            limit = max_sqs_delay()
+            limit = max_delay()
             if delay_seconds > limit:
                 attributes[NOT_BEFORE_ATTRIBUTE] = repr(time.time() + delay_seconds)
             params["DelaySeconds"] = int(min(delay_seconds, limit))
@@ -110,23 +105,8 @@ class Producer:
             known = registration.options.get("suffixes")
         if known is not None and suffix not in known:
             log.warning(
-                "sending to suffix %r of queue %r, which lists %r", suffix, queue_name, known
+                "sending to an unknown suffix", queue=queue_name, suffix=suffix, known=known
             )
-
-
-def encode_attributes(attributes: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Plain values to SQS MessageAttributes (str, int/float as Number, bytes as Binary)."""
-    encoded: dict[str, dict[str, Any]] = {}
-    for name, value in attributes.items():
-        if isinstance(value, dict):
-            encoded[name] = value
-        elif isinstance(value, bytes):
-            encoded[name] = {"DataType": "Binary", "BinaryValue": value}
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            encoded[name] = {"DataType": "Number", "StringValue": repr(value)}
-        else:
-            encoded[name] = {"DataType": "String", "StringValue": str(value)}
-    return encoded
 
 
 _producer: Producer | None = None

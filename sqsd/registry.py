@@ -1,18 +1,19 @@
-"""Registering handlers for queues: ``@receiver``, ``@task`` and ``register``.
+"""Registrations: which handler runs for which queue, with the options given in code, and
+the import of the modules that register them (``[sqsd] imports``).
 
-The decorated function stays usable: a receiver proxy sends when called with a body
-(django-sqs), a task runs locally when called and sends with ``.delay()`` (zc.sqs /
-django-eb-sqs, wire format ``[[args], {kwargs}]``).
+``@receiver`` and ``@task`` (sqsd.decorators) fill this table; the plan (sqsd.plan) and
+producers (sqsd.producer) read it.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqsd import preflight
+from sqsd.config import Settings
 from sqsd.message import Message
 
 
@@ -64,116 +65,29 @@ def _with_plain_queue(suffixes: Any) -> list[str]:
     return items if "" in items else ["", *items]
 
 
-class ReceiverProxy:
-    """What ``@receiver`` returns: calling it sends a message to its queue."""
-
-    def __init__(self, queue_name: str, fn: Callable[[Message], Any], message_class: type[Message]):
-        self.queue_name = queue_name
-        self.fn = fn
-        self.message_class = message_class
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, message: Any = None, *, suffix: str | None = None, **kwargs: Any) -> str:
-        """Send ``message`` (or ``body=...``) to this receiver's queue; return the message id."""
-        from sqsd.producer import send
-
-        return send(
-            self.queue_name, message, suffix=suffix, message_class=self.message_class, **kwargs
-        )
-
-    def direct(self, message: Message) -> Any:
-        """Call the handler in this process, as the worker would."""
-        return self.fn(message)
+IMPORTED_QUEUES: set[str] = set()  # registered while an `imports` module was imported
 
 
-def receiver(
-    queue_name: str | None = None,
-    *,
-    visibility_timeout: int | None = None,
-    message_class: type[Message] | None = None,
-    delete_on_start: bool = False,
-    close_database: bool = False,
-    suffixes: tuple[str, ...] | list[str] = (),
-    **queue_options: Any,
-) -> Callable[[Callable[[Message], Any]], ReceiverProxy]:
-    """Decorate ``fn(message)`` as the handler of ``queue_name`` (default from the function)."""
-
-    def decorate(fn: Callable[[Message], Any]) -> ReceiverProxy:
-        name = queue_name or default_queue_name(fn)
-        options = dict(queue_options, visibility_timeout=visibility_timeout)
-        if delete_on_start:
-            options["delete_on_start"] = True
-        if close_database:
-            options["close_database"] = True
-        if suffixes:
-            options["suffixes"] = suffixes
-        register(name, fn, message_class=message_class, **options)
-        return ReceiverProxy(name, fn, message_class or Message)
-
-    return decorate
+def import_receivers(settings: Settings) -> None:
+    """Import ``[sqsd] imports`` so their decorators register queues (preload, before fork).
+    Queues registered while they import (by modules they import in turn) count too."""
+    for module in settings.imports:
+        before = set(REGISTRY)
+        preflight.import_module(module, f"{settings.path}: [sqsd] imports")
+        IMPORTED_QUEUES.update(set(REGISTRY) - before)
 
 
-class Task:
-    """What ``@task`` returns: call it to run locally, ``.delay()`` to send."""
-
-    def __init__(self, queue_name: str, fn: Callable[..., Any]):
-        self.queue_name = queue_name
-        self.fn = fn
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-    def delay(self, *args: Any, **kwargs: Any) -> str:
-        """Send a call of this task with these arguments; return the message id."""
-        return self.send(args=args, kwargs=kwargs)
-
-    def send(
-        self,
-        args: tuple[Any, ...] | list[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        **send_options: Any,
-    ) -> str:
-        """Send a call with options for ``sqsd.send`` (``delay_seconds``, ``suffix``, ...)."""
-        from sqsd.producer import send
-
-        body = encode_call(args, kwargs or {})
-        return send(self.queue_name, body, **send_options)
-
-    def handle(self, message: Message) -> Any:
-        """Run the task for a received message (the worker's handler)."""
-        args, kwargs = decode_call(message.body)
-        return self.fn(*args, **kwargs)
+def registered_queues(settings: Settings) -> list[str]:
+    """Queues registered in code that the daemon runs besides its configured ones: those
+    registered while ``imports`` were imported, or from a module inside one of them."""
+    return [
+        name
+        for name, registration in REGISTRY.items()
+        if name not in settings.queues
+        and (name in IMPORTED_QUEUES or _imported_by(registration.module, settings.imports))
+    ]
 
 
-def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
-    """The zc.sqs wire format: ``[[args], {kwargs}]``."""
-    return json.dumps([list(args), kwargs], separators=(",", ":"))
-
-
-def decode_call(body: str) -> tuple[list[Any], dict[str, Any]]:
-    """Parse ``[[args], {kwargs}]``; ValueError with the reason when the body is not one."""
-    data = json.loads(body)
-    if (
-        not isinstance(data, list)
-        or len(data) != 2
-        or not isinstance(data[0], list)
-        or not isinstance(data[1], dict)
-    ):
-        raise ValueError("task message body is not [[args], {kwargs}]")
-    return data[0], data[1]
-
-
-def task(
-    queue_name: str | None = None, *, max_retries: int | None = None, **queue_options: Any
-) -> Callable[[Callable[..., Any]], Task]:
-    """Decorate ``fn(*args, **kwargs)`` as a task run by the worker of ``queue_name``."""
-
-    def decorate(fn: Callable[..., Any]) -> Task:
-        name = queue_name or default_queue_name(fn)
-        wrapper = Task(name, fn)
-        register(name, wrapper.handle, max_retries=max_retries, **queue_options)
-        REGISTRY[name].module = fn.__module__
-        return wrapper
-
-    return decorate
+def _imported_by(module: str, imports: tuple[str, ...]) -> bool:
+    """Registrations count when their module is listed in ``imports`` (or is inside one)."""
+    return any(module == name or module.startswith(name + ".") for name in imports)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import mmap
 import struct
 import time
-from dataclasses import dataclass
 
-STATES = ("starting", "polling", "idle", "busy", "stopping", "retrying")
+from sqsd.states import SlotView, WorkerState  # SlotView: what read() returns
+
 COUNTERS = (
     "processed",
     "failed",
@@ -40,19 +40,6 @@ _COUNTERS_AT = 40
 _MESSAGE_ID_AT = _COUNTERS_AT + 8 * len(COUNTERS)
 SLOT_SIZE = 256
 assert _LAYOUT.size <= SLOT_SIZE
-
-
-@dataclass
-class SlotView:
-    """A snapshot of one slot, as the master reads it."""
-
-    state: str
-    heartbeat: float
-    state_since: float
-    message_started: float
-    idle_until: float
-    counters: dict[str, int]
-    message_id: str
 
 
 class Scoreboard:
@@ -92,9 +79,9 @@ class Slot:
             self.memory, self.offset, 0, now, now, 0.0, 0.0, *([0] * len(COUNTERS)), b""
         )
 
-    def set_state(self, state: str, *, idle_until: float = 0.0) -> None:
+    def set_state(self, state: WorkerState, *, idle_until: float = 0.0) -> None:
         now = time.monotonic()
-        _HEAD.pack_into(self.memory, self.offset, STATES.index(state), now, now)
+        _HEAD.pack_into(self.memory, self.offset, state, now, now)
         _FLOAT.pack_into(self.memory, self.offset + _IDLE_UNTIL_AT, idle_until)
 
     def beat(self) -> None:
@@ -102,7 +89,7 @@ class Slot:
 
     def start_message(self, message_id: str) -> None:
         now = time.monotonic()
-        _HEAD.pack_into(self.memory, self.offset, STATES.index("busy"), now, now)
+        _HEAD.pack_into(self.memory, self.offset, WorkerState.BUSY, now, now)
         _FLOAT.pack_into(self.memory, self.offset + _MESSAGE_STARTED_AT, now)
         _MESSAGE_ID.pack_into(self.memory, self.offset + _MESSAGE_ID_AT, message_id.encode())
 
@@ -122,7 +109,7 @@ class Slot:
         counters = dict(zip(COUNTERS, rest[: len(COUNTERS)], strict=True))
         message_id = rest[-1].rstrip(b"\0").decode(errors="replace")
         return SlotView(
-            STATES[state] if state < len(STATES) else "starting",
+            WorkerState.from_byte(state),
             heartbeat,
             since,
             started,

@@ -1,17 +1,71 @@
-"""boto3 clients and queue resolution shared by the daemon and producers."""
+"""What sqsd knows about SQS itself: its limits, boto3 clients, batch entries, message
+attributes, queue resolution and how to read its errors. Shared by the daemon and producers."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from sqsd.config import QueueSettings, Settings
+# SQS's limits.
+MAX_BATCH = 10  # entries per *Batch call, messages per ReceiveMessage
+MAX_VISIBILITY = 43200  # seconds (12 hours): VisibilityTimeout
+MAX_DELAY = 900  # seconds (15 minutes): DelaySeconds
+MAX_ATTRIBUTES = 10  # message attributes per message
+MAX_WAIT = 20  # seconds: WaitTimeSeconds of a long poll
 
 READ_TIMEOUT_MARGIN = 10  # seconds beyond the long-poll wait before a read times out
+MISSING_QUEUE_CODES = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 _DATA_NAMES = ("endpoints", "sdk-default-configuration", "partitions", "_retry")
 _SERVICE_DATA = ("service-2", "endpoint-rule-set-1", "paginators-1")
 _loader: Any = None
+
+T = TypeVar("T")
+
+
+class ClientSettings(Protocol):
+    """What a client is made from (``sqsd.config.Settings`` has it)."""
+
+    region: str
+    endpoint_url: str
+
+
+class QueueDefaults(Protocol):
+    """What a created queue takes from its settings (``sqsd.config.QueueSettings``)."""
+
+    visibility_timeout: int
+
+
+def max_delay() -> int:
+    """The longest DelaySeconds to ask for: MAX_DELAY, or ``$SQSD_MAX_SQS_DELAY`` when set
+    lower (tests compress time)."""
+    return int(os.environ.get("SQSD_MAX_SQS_DELAY", str(MAX_DELAY)))
+
+
+def batches(
+    items: Sequence[T], entry: Callable[[T], dict[str, Any]]
+) -> Iterator[tuple[Sequence[T], list[dict[str, Any]]]]:
+    """Split ``items`` into chunks a *Batch call takes, each with its entries: ``entry(item)``
+    plus an ``Id`` that is the item's position in its chunk (``Failed[].Id`` maps back)."""
+    for start in range(0, len(items), MAX_BATCH):
+        chunk = items[start : start + MAX_BATCH]
+        yield chunk, [{"Id": str(i), **entry(item)} for i, item in enumerate(chunk)]
+
+
+def encode_attributes(attributes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Plain values to SQS MessageAttributes (str, int/float as Number, bytes as Binary)."""
+    encoded: dict[str, dict[str, Any]] = {}
+    for name, value in attributes.items():
+        if isinstance(value, dict):
+            encoded[name] = value
+        elif isinstance(value, bytes):
+            encoded[name] = {"DataType": "Binary", "BinaryValue": value}
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            encoded[name] = {"DataType": "Number", "StringValue": repr(value)}
+        else:
+            encoded[name] = {"DataType": "String", "StringValue": str(value)}
+    return encoded
 
 
 def preload() -> None:
@@ -22,7 +76,6 @@ def preload() -> None:
     instead of re-reading the JSON models (faster respawn, less memory per worker).
     """
     global _loader
-    import os
 
     import boto3  # noqa: F401 - imported here so that forks inherit the loaded modules
     from botocore.exceptions import DataNotFoundError
@@ -38,7 +91,7 @@ def preload() -> None:
     _loader = loader
 
 
-def make_client(settings: Settings, *, wait_time_seconds: int = 20) -> Any:
+def make_client(settings: ClientSettings, *, wait_time_seconds: int = MAX_WAIT) -> Any:
     """A boto3 SQS client for ``settings`` (region, endpoint), with timeouts that suit
     long polling and botocore's standard retry mode for throttling and 5xx."""
     import boto3
@@ -63,7 +116,7 @@ def make_client(settings: Settings, *, wait_time_seconds: int = 20) -> Any:
     return boto3.session.Session(botocore_session=core).client("sqs", **kwargs)
 
 
-def ensure_queue(client: Any, url_name: str, queue: QueueSettings, *, create: bool) -> str:
+def ensure_queue(client: Any, url_name: str, queue: QueueDefaults, *, create: bool) -> str:
     """Return the URL of ``url_name``; create it (FIFO and visibility timeout included) when
     ``create`` is true and it is missing. Raises the client's QueueDoesNotExist otherwise."""
     try:
@@ -77,8 +130,29 @@ def ensure_queue(client: Any, url_name: str, queue: QueueSettings, *, create: bo
     return client.create_queue(QueueName=url_name, Attributes=attributes)["QueueUrl"]
 
 
+# -- errors ------------------------------------------------------------------------------
+
+
+def error_code(exc: BaseException) -> str:
+    """The service's error code ("" for errors without a response, such as lost
+    connections)."""
+    return (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "")
+
+
 def is_missing_queue(exc: BaseException) -> bool:
     """True for SQS's 'queue does not exist' in either protocol's spelling."""
-    # Connection errors carry no response (None), only service errors do.
-    code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "")
-    return code in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+    return error_code(exc) in MISSING_QUEUE_CODES
+
+
+def is_missing_credentials(exc: BaseException) -> bool:
+    """True when botocore found no credentials to sign with."""
+    return type(exc).__name__ == "NoCredentialsError"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for people: what went wrong with an SQS call."""
+    if is_missing_queue(exc):
+        return "queue does not exist"
+    if is_missing_credentials(exc):
+        return "no AWS credentials found (environment, ~/.aws or instance role)"
+    return f"{type(exc).__name__}: {exc}"

@@ -41,10 +41,11 @@ from sqsd import config as config_module
 from sqsd import producer as producer_module
 from sqsd.config import QueueSettings, Settings
 from sqsd.errors import RestartLater
-from sqsd.master import resolve_handler, resolve_reference
 from sqsd.message import Message
-from sqsd.producer import Producer, encode_attributes
+from sqsd.plan import resolve_handler, resolve_reference
+from sqsd.producer import Producer
 from sqsd.registry import REGISTRY
+from sqsd.sqs import encode_attributes
 from sqsd.worker import DLQ_ERROR_ATTRIBUTE
 
 __all__ = ["FailedMessage", "MemoryQueue", "Queues", "RunCounts", "queues"]

@@ -7,7 +7,6 @@ the visibility of messages still in hand (the one running and those waiting in i
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import select
@@ -15,19 +14,27 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import setproctitle
 
 from sqsd import logs, scoreboard
-from sqsd.config import QueueSettings, Settings
-from sqsd.errors import EXIT_CONFIG, EXIT_OK, EXIT_RECYCLE, RestartLater
+from sqsd.config import Settings
+from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE, RestartLater
 from sqsd.givebacks import GiveBacks
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
-from sqsd.producer import encode_attributes, max_sqs_delay
-from sqsd.sqs import ensure_queue, is_missing_queue, make_client
+from sqsd.plan import WorkerSpec  # re-exported: its home was here
+from sqsd.sqs import (
+    MAX_ATTRIBUTES,
+    MAX_BATCH,
+    MAX_VISIBILITY,
+    encode_attributes,
+    ensure_queue,
+    is_missing_queue,
+    make_client,
+    max_delay,
+)
+from sqsd.states import WorkerState
 
 DELETE_FLUSH_AGE = 1.0  # seconds a finished message may wait for a fuller delete batch
 FLUSH_WAIT_MAX = 30.0
@@ -35,24 +42,6 @@ ERROR_BACKOFF_MAX = 30.0
 RETRY_DELAY_BASE = 5  # RestartLater without delay: 5 s, 10 s, 20 s, ... per receive
 RETRY_DELAY_MAX = 900
 DLQ_ERROR_ATTRIBUTE = "sqsd_error"
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything one worker process needs, resolved by the master before fork."""
-
-    queue: QueueSettings
-    suffix: str
-    url_name: str
-    dead_letter_name: str
-    handler: Callable[[Message], Any]
-    message_class: type[Message]
-    after_message: Callable[[Message], Any] | None
-    index: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.queue.name}:{self.suffix}" if self.suffix else self.queue.name
 
 
 class StopReceiving(BaseException):  # noqa: N818 - a control-flow signal, not an error
@@ -100,7 +89,7 @@ class Housekeeper(threading.Thread):
             if not self.pending:
                 self.oldest_pending = time.monotonic()
             self.pending.append((message.id, message.receipt_handle, 0))
-            if len(self.pending) >= 10:
+            if len(self.pending) >= MAX_BATCH:
                 self.cond.notify_all()
 
     def flush(self, *, wait: bool = False) -> None:
@@ -139,7 +128,7 @@ class Housekeeper(threading.Thread):
                 return
 
     def _has_work(self) -> bool:
-        return self.stopping or self.flush_requested or len(self.pending) >= 10
+        return self.stopping or self.flush_requested or len(self.pending) >= MAX_BATCH
 
     def _next_timeout(self) -> float | None:
         timeouts = []
@@ -153,9 +142,9 @@ class Housekeeper(threading.Thread):
 
     def _take_batch(self) -> list[tuple[str, str, int]]:
         due = self.pending and time.monotonic() - self.oldest_pending >= DELETE_FLUSH_AGE
-        if not (self.flush_requested or self.stopping or due or len(self.pending) >= 10):
+        if not (self.flush_requested or self.stopping or due or len(self.pending) >= MAX_BATCH):
             return []
-        batch, self.pending = self.pending[:10], self.pending[10:]
+        batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
         self.flush_requested = bool(self.pending) and self.flush_requested
         self.oldest_pending = time.monotonic()
         return batch
@@ -194,8 +183,8 @@ class Housekeeper(threading.Thread):
             ]
             for handle in due:
                 self.in_hand[handle] = now + self.visibility_timeout
-        for start in range(0, len(due), 10):
-            chunk = due[start : start + 10]
+        for start in range(0, len(due), MAX_BATCH):
+            chunk = due[start : start + MAX_BATCH]
             entries = [
                 {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.visibility_timeout}
                 for i, h in enumerate(chunk)
@@ -277,7 +266,7 @@ class Worker:
         try:
             code = self._loop()
         finally:
-            self._set_state("stopping")
+            self._set_state(WorkerState.STOPPING)
             self.housekeeper.stop()
             self.log.info("worker stopped", pid=os.getpid(), handled=self.handled, code=code)
         return code
@@ -289,7 +278,7 @@ class Worker:
                 return EXIT_OK
             if self.message_limit and self.handled >= self.message_limit:
                 self.log.info("message limit reached", handled=self.handled)
-                return EXIT_OK
+                return EXIT_DONE
             recycle = self._recycle_reason()
             if recycle:
                 self.log.info("recycling worker", reason=recycle)
@@ -305,13 +294,13 @@ class Worker:
                 self._sleep_idle()
         return EXIT_OK
 
-    def _set_state(self, state: str, *, idle_until: float = 0.0) -> None:
+    def _set_state(self, state: WorkerState, *, idle_until: float = 0.0) -> None:
         """Publish the state to the master's scoreboard and to the process title."""
         self.slot.set_state(state, idle_until=idle_until)
         self._set_title(state)
 
-    def _set_title(self, state: str) -> None:
-        title = f"sqsd: worker {self.spec.label} {state} {self.handled} done"
+    def _set_title(self, state: WorkerState) -> None:
+        title = f"sqsd: worker {self.spec.label} {state.label} {self.handled} done"
         if title != self.title:
             self.title = title
             setproctitle.setproctitle(title)
@@ -365,7 +354,7 @@ class Worker:
     # -- receiving and idling -----------------------------------------------------------
 
     def _receive(self) -> list[dict[str, Any]]:
-        self._set_state("polling")
+        self._set_state(WorkerState.POLLING)
         try:
             self.interruptible = True
             if self.stop_requested:
@@ -392,7 +381,7 @@ class Worker:
         self.error_sleep = min(ERROR_BACKOFF_MAX, max(1.0, self.error_sleep * 2))
         delay = self.error_sleep * random.uniform(0.5, 1.0)
         self.log.warning("SQS call failed; backing off", error=str(exc), seconds=round(delay, 2))
-        self._set_state("retrying", idle_until=time.monotonic() + delay)
+        self._set_state(WorkerState.RETRYING, idle_until=time.monotonic() + delay)
         self._wait_for_wake(delay)
 
     def _sleep_idle(self) -> None:
@@ -401,7 +390,7 @@ class Worker:
             return
         self.idle_sleep = min(self.queue.idle_sleep_max, max(1.0, self.idle_sleep * 2))
         delay = self.idle_sleep * random.uniform(0.9, 1.1)
-        self._set_state("idle", idle_until=time.monotonic() + delay)
+        self._set_state(WorkerState.IDLE, idle_until=time.monotonic() + delay)
         if self._wait_for_wake(delay):
             self.idle_sleep = 0.0
 
@@ -445,7 +434,7 @@ class Worker:
         housekeeper = self.housekeeper
         assert housekeeper is not None
         housekeeper.hold(messages, received_at)
-        self._set_title("busy")  # once a batch: the scoreboard has the per-message detail
+        self._set_title(WorkerState.BUSY)  # once a batch: the scoreboard has the per-message detail
         blocked_groups: set[str] = set()
         for position, message in enumerate(messages):
             if self.stop_requested:
@@ -582,7 +571,7 @@ class Worker:
             }
         )
         for name, value in extra.items():
-            if len(attributes) < 10:  # SQS allows ten attributes; the user's come first
+            if len(attributes) < MAX_ATTRIBUTES:  # the user's attributes come first
                 attributes[name] = value
         params: dict[str, Any] = {
             "QueueUrl": self.dead_letter_url,
@@ -617,13 +606,13 @@ class Worker:
             "QueueUrl": self.url,
             "MessageBody": message.body,
             "MessageAttributes": attrs,
-            "DelaySeconds": int(min(max(remaining, 0), max_sqs_delay())),
+            "DelaySeconds": int(min(max(remaining, 0), max_delay())),
         }
         try:
             self.client.send_message(**params)
         except Exception as exc:
             self.log.warning("re-delay failed", message_id=message.id, error=str(exc))
-            self._change_visibility(message, int(min(remaining, max_sqs_delay())))
+            self._change_visibility(message, int(min(remaining, max_delay())))
             return True
         self.slot.add(scoreboard.SENDS)
         self._delete_now(message)
@@ -634,8 +623,6 @@ class Worker:
         try:
             if self.spec.after_message is not None:
                 self.spec.after_message(message)
-            if self.queue.close_database:
-                close_django_connections()
         except Exception:
             self.log.exception("after_message hook failed", message_id=message.id)
 
@@ -654,7 +641,7 @@ class Worker:
         return True
 
     def _change_visibility(self, message: Message, seconds: int) -> None:
-        seconds = max(0, min(seconds, 43200))
+        seconds = max(0, min(seconds, MAX_VISIBILITY))
         try:
             self.client.change_message_visibility(
                 QueueUrl=self.url, ReceiptHandle=message.receipt_handle, VisibilityTimeout=seconds
@@ -669,8 +656,8 @@ class Worker:
         for message in messages:
             self.housekeeper.release(message)
             self.givebacks.add(message.id)
-        for start in range(0, len(messages), 10):
-            chunk = messages[start : start + 10]
+        for start in range(0, len(messages), MAX_BATCH):
+            chunk = messages[start : start + MAX_BATCH]
             entries = [
                 {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
                 for i, m in enumerate(chunk)
@@ -688,13 +675,3 @@ class MissingQueue(Exception):  # noqa: N818
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def close_django_connections() -> None:
-    """``close_database``: close Django's stale connections when Django is set up."""
-    try:
-        from django.db import close_old_connections
-    except ImportError:
-        return
-    with contextlib.suppress(Exception):
-        close_old_connections()

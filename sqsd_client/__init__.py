@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from sqsd_client import protocol
 
 __all__ = ["Client", "CommandFailed", "DaemonUnavailable", "autowake", "wake"]
+__version__ = "0.1.0"
 
 # Replies such as status can outgrow the request limit; this only guards memory.
 _MAX_REPLY = 16 * 1024 * 1024

@@ -6,31 +6,25 @@ a real process on request and, at teardown, stops every daemon it started and ch
 that the master, every worker it ever saw and the socket file are gone.
 """
 
-import contextlib
-import http.client
 import itertools
 import json
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
-import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from sqsd.local import LocalEndpoint, free_port  # noqa: F401 - for tests that need a port
+from sqsd.testing_daemon import alive, config_text, describe  # noqa: F401 - for tests
+from tests.support.daemon import REPO, STARTING, WORKER_TITLE, Daemon, Worker  # noqa: F401
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -49,10 +43,6 @@ DEFAULTS = {
     "graceful_timeout": 10,
 }
 BASIC_RECEIVER = "tests.receivers.basic:handle"
-STARTING = ("starting", None)  # worker states before its queue is resolved
-WORKER_TITLE = re.compile(
-    r"^sqsd: worker (?P<queue>[^\s:]+)(?::(?P<suffix>\S+))?(?: (?P<state>\S+))?"
-)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
@@ -69,27 +59,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
-def alive(proc) -> bool:
-    """True while ``proc`` (a psutil.Process) runs; a zombie counts as gone."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def describe(proc) -> str:
-    try:
-        return f"{proc.pid} {' '.join(proc.cmdline())!r}"
-    except psutil.Error:
-        return str(proc.pid)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SQSD_")}
     env.update(AWS_ENV)
@@ -98,45 +67,21 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def answers_http(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        conn.request("GET", "/moto-api/")
-        conn.getresponse().read()
-        return True
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="session")
 def sqs_endpoint(tmp_path_factory) -> str:
     """URL of a moto server running as a subprocess for the whole session."""
-    port = free_port()
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-        )
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto server exited with {proc.returncode}:\n"
-                               f"{log_path.read_text()}")
-        return answers_http(port)
-
+    endpoint = LocalEndpoint.start(log_path=log_path)
     try:
-        wait_for(ready, timeout=30, interval=0.1, what="moto server to answer HTTP")
-        yield f"http://127.0.0.1:{port}"
+        yield endpoint.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        endpoint.stop()
+
+
+@pytest.fixture(scope="session")
+def sqsd_endpoint(sqs_endpoint) -> str:
+    """The pytest plugin's endpoint for users' daemons: here, the suite's own."""
+    return sqs_endpoint
 
 
 @pytest.fixture(scope="session")
@@ -154,218 +99,8 @@ def prefix() -> str:
     return f"t{next(_prefixes)}_"
 
 
-# --- config --------------------------------------------------------------------------------
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def toml_document(sections: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for header, table in sections.items():
-        lines.append(f"[{header}]")
-        lines.extend(f"{key} = {toml_value(value)}" for key, value in table.items())
-        lines.append("")
-    return "\n".join(lines)
-
-
 def expected_worker_count(queues: dict[str, dict[str, Any]]) -> int:
     return sum(len(q.get("suffixes") or [""]) * q.get("processes", 1) for q in queues.values())
-
-
-# --- a running daemon ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Worker:
-    pid: int
-    queue: str
-    suffix: str
-    state: str
-
-
-class Daemon:
-    """One ``sqsd run`` process and everything it forks, observed from outside."""
-
-    def __init__(self, config_path: Path, log_path: Path, socket_path: Path,
-                 env: dict[str, str], expected_workers: int, graceful_timeout: float):
-        self.config_path = config_path
-        self.log_path = log_path
-        self.socket_path = socket_path
-        self.expected_workers = expected_workers
-        self.graceful_timeout = graceful_timeout
-        self.killed = False
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sqsd", "run", "-c", str(config_path)],
-                cwd=REPO, env=env, stdout=log, stderr=log,
-            )
-        self.master = psutil.Process(self.proc.pid)
-        self.seen: dict[int, psutil.Process] = {}
-        self._sampling = threading.Event()
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    # observation
-
-    def _sample(self) -> None:
-        while not self._sampling.is_set():
-            self.descendants()
-            self._sampling.wait(0.05)
-
-    def descendants(self) -> list:
-        """All current descendants of the master; each one is remembered for teardown."""
-        try:
-            children = self.master.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-        for child in children:
-            self.seen.setdefault(child.pid, child)
-        return children
-
-    def workers(self) -> list[Worker]:
-        """Live workers, read from their process titles (`sqsd: worker QUEUE[:SUFFIX] STATE`)."""
-        found = []
-        for child in self.descendants():
-            try:
-                title = " ".join(child.cmdline()).strip()
-            except psutil.Error:
-                continue
-            match = WORKER_TITLE.match(title)
-            if match and alive(child):
-                found.append(Worker(child.pid, match["queue"], match["suffix"] or "",
-                                    match["state"] or ""))
-        return found
-
-    def query_children(self) -> set[int]:
-        """The master's one-shot children doing SQS work for control requests (queue depths
-        for status and wait, clear): forked from the master, they keep its title."""
-        found = set()
-        for child in self.descendants():
-            with contextlib.suppress(psutil.Error):
-                if " ".join(child.cmdline()).startswith("sqsd: master"):
-                    found.add(child.pid)
-        return found
-
-    def worker_pids(self, queue: str | None = None, suffix: str | None = None) -> set[int]:
-        return {w.pid for w in self.workers()
-                if (queue is None or w.queue == queue) and (suffix is None or w.suffix == suffix)}
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    # control socket
-
-    def ctl(self, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
-        """One request on the control socket (newline-delimited JSON), one reply."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(str(self.socket_path))
-            conn.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-        return json.loads(reply)
-
-    def status(self) -> dict[str, Any]:
-        return self.ctl("status")
-
-    def pings(self) -> bool:
-        try:
-            return bool(self.ctl("ping", timeout=1.0).get("ok"))
-        except (OSError, ValueError):
-            return False
-
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0,
-                 what: str = "") -> Any:
-        def check():
-            if self.proc.poll() is not None and not self.killed:
-                raise AssertionError(f"sqsd exited with {self.proc.returncode} while waiting "
-                                     f"for {what or predicate}")
-            return predicate()
-
-        return wait_for(check, timeout=timeout, what=what)
-
-    def running_workers_in_status(self) -> int:
-        """How many workers status lists with a pid and past start-up (queues resolved)."""
-        try:
-            workers = self.status()["workers"]
-        except (OSError, ValueError, KeyError):
-            return 0
-        return sum(1 for w in workers if w.get("pid") and w.get("state") not in STARTING)
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        """Wait until the socket answers ping and every expected worker runs: its process
-        has a worker title and status shows it with a pid, past start-up."""
-        self.wait_for(
-            lambda: self.pings()
-            and len(self.workers()) == self.expected_workers
-            and self.running_workers_in_status() == self.expected_workers,
-            timeout=timeout,
-            what=f"ping and {self.expected_workers} running workers",
-        )
-
-    # stopping
-
-    def terminate(self, timeout: float | None = None) -> int:
-        """SIGTERM the master and wait for it; returns its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout or self.graceful_timeout + 5)
-
-    def kill_master(self) -> None:
-        self.killed = True
-        self.master.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=5)
-
-    def alive_processes(self) -> list:
-        procs = [self.master, *self.seen.values()]
-        return [p for p in procs if alive(p)]
-
-    def shut_down(self) -> list[str]:
-        """Teardown: stop the daemon, then return what is wrong (empty when clean)."""
-        problems = []
-        if self.proc.poll() is None:
-            try:
-                code = self.terminate()
-                if code != 0:
-                    problems.append(f"sqsd exited with {code} after SIGTERM")
-            except subprocess.TimeoutExpired:
-                problems.append("sqsd did not stop within graceful_timeout + 5 s of SIGTERM")
-        self._sampling.set()
-        self._sampler.join()
-        with contextlib.suppress(AssertionError):
-            wait_for(lambda: not self.alive_processes(), timeout=3)
-        leftovers = self.alive_processes()
-        if leftovers:
-            problems.append("processes still alive after the master exited: "
-                            + ", ".join(describe(p) for p in leftovers))
-            for proc in leftovers:
-                with contextlib.suppress(Exception):
-                    proc.kill()
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        return problems
 
 
 def log_events(daemon: Daemon, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
@@ -422,23 +157,18 @@ class Harness:
                      sqsd=None, path: Path | None = None) -> Path:
         """Write a config with this test's prefix, socket and files."""
         path = path or self.config_path
-        sections: dict[str, dict[str, Any]] = {
-            "sqsd": {
-                "imports": imports if imports is not None else ["tests.receivers.basic"],
-                "socket": str(self.socket_path),
-                "queue_prefix": self.prefix,
-                "region": "us-east-1",
-                "endpoint_url": self.endpoint,
-                "create_queues": True,
-                "log_format": "json",
-                "failed_log": str(self.failed_log),
-                **(sqsd or {}),
-            },
-            "defaults": {**DEFAULTS, **(defaults or {})},
+        daemon = {
+            "imports": imports if imports is not None else ["tests.receivers.basic"],
+            "socket": str(self.socket_path),
+            "queue_prefix": self.prefix,
+            "region": "us-east-1",
+            "endpoint_url": self.endpoint,
+            "create_queues": True,
+            "log_format": "json",
+            "failed_log": str(self.failed_log),
+            **(sqsd or {}),
         }
-        for name, options in queues.items():
-            sections[f"queues.{json.dumps(name)}"] = options
-        path.write_text(toml_document(sections))
+        path.write_text(config_text(daemon, {**DEFAULTS, **(defaults or {})}, queues))
         return path
 
     def start(self, queues: dict[str, dict[str, Any]] | None = None, *, defaults=None,

@@ -1,7 +1,9 @@
-"""The control commands, acting on the master's state.
+"""The control commands, acting on the master through the small ``Supervisor`` protocol.
 
-Commands that need SQS (queue depths for ``status``, ``clear``, ``wait``) run in a one-shot
-child (``run_query``); their replies are deferred until the child reports back.
+The control plane never imports the master: it gets a ``Supervisor`` (what commands may
+ask of the master) and a ``Loop`` (where it registers its descriptors and timers). Commands
+that need SQS (queue depths for ``status``, ``clear``, ``wait``) run in a one-shot child;
+their replies are deferred until the child reports back.
 """
 
 from __future__ import annotations
@@ -9,29 +11,86 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import psutil
-
-from sqsd.config import as_dict
+from sqsd import logs
+from sqsd.config import QueueSettings, Settings, as_dict
 from sqsd.control import queries
 from sqsd.control.server import Connection, ControlServer, open_listener
+from sqsd.control.status import status_reply
 from sqsd.redact import redact
+from sqsd.states import Program, WorkerState
 from sqsd_client.protocol import PROTOCOL_VERSION, error
-
-if TYPE_CHECKING:
-    from sqsd.master import Master, Program
 
 FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before answering
 WAIT_CHECK_INTERVAL = 1.0
 WAIT_DEFAULT_TIMEOUT = 3600.0  # a `wait` without a timeout gives up after an hour
 WAIT_MAX_TIMEOUT = 86400.0
-PRIVILEGED = frozenset({"clear", "reload", "scale", "shutdown", "config"})
+
+Reply = dict[str, Any] | None  # None: the command replies later, through its connection
+Handler = Callable[[dict[str, Any], Connection], Reply]
+
+
+class Supervisor(Protocol):
+    """What control commands may read and ask of the master."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def started(self) -> float: ...  # time.monotonic() when it started
+
+    @property
+    def config_path(self) -> str: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def queues(self) -> Mapping[str, QueueSettings]: ...
+
+    @property
+    def programs(self) -> Mapping[tuple[str, str, int], Program]: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def process_counts(self) -> dict[tuple[str, str], int]: ...
+
+    def wake(self, queue: str, suffix: str | None) -> int: ...
+
+    def reload(self) -> str | None: ...
+
+    def begin_stop(self, *, quick: bool, reason: str = "") -> None: ...
+
+    def scale(self, queue: str, suffix: str, processes: int) -> int: ...
+
+    def fork(self, main: Callable[[], int], close: Iterable[int] = ()) -> int: ...
+
+
+class Loop(Protocol):
+    """Where the control plane waits (``sqsd.loop.EventLoop``)."""
+
+    @property
+    def selector(self) -> Any: ...
+
+    def add_reader(self, fd: Any, callback: Callable[[], None]) -> None: ...
+
+    def remove_reader(self, fd: Any) -> None: ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Command:
+    """One entry of the command table."""
+
+    run: Handler
+    privileged: bool = False  # only root and the daemon's own user
 
 
 @dataclass
@@ -58,9 +117,10 @@ class Waiter:
 class ControlPlane:
     """Owns the listening socket and answers commands for the master."""
 
-    def __init__(self, master: Master):
-        self.master = master
-        self.log = master.log.bind(component="control")
+    def __init__(self, supervisor: Supervisor, loop: Loop):
+        self.supervisor = supervisor
+        self.loop = loop
+        self.log = logs.get("sqsd.master", component="control")
         self.server: ControlServer | None = None
         self.queries: dict[int, Query] = {}
         self.depths: dict[str, dict[str, Any]] = {}
@@ -69,15 +129,26 @@ class ControlPlane:
         self.depth_listeners: list[Callable[[], None]] = []
         self.waiters: list[Waiter] = []
         self.last_wait_check = 0.0
+        self.commands: dict[str, Command] = {
+            "ping": Command(self.ping),
+            "status": Command(self.status),
+            "wake": Command(self.wake),
+            "wait": Command(self.wait),
+            "clear": Command(self.clear, privileged=True),
+            "config": Command(self.config, privileged=True),
+            "reload": Command(self.reload, privileged=True),
+            "scale": Command(self.scale, privileged=True),
+            "shutdown": Command(self.shutdown, privileged=True),
+        }
 
     def start(self) -> None:
-        settings = self.master.settings
+        settings = self.supervisor.settings
         listener, created = open_listener(
             settings.socket, settings.socket_mode, settings.socket_group or None
         )
         self.server = ControlServer(
             listener,
-            self.master.selector,
+            self.loop.selector,
             self.dispatch,
             unlink_path=settings.socket if created else None,
         )
@@ -110,26 +181,28 @@ class ControlPlane:
 
     # -- dispatch -----------------------------------------------------------------------
 
-    def dispatch(self, request: dict[str, Any], conn: Connection) -> dict[str, Any] | None:
-        cmd = request["cmd"]
-        handler = getattr(self, f"cmd_{cmd}", None)
-        if handler is None:
-            return error(f"unknown command {cmd!r}")
-        if cmd in PRIVILEGED:
+    def dispatch(self, request: dict[str, Any], conn: Connection) -> Reply:
+        name = request["cmd"]
+        command = self.commands.get(name)
+        if command is None:
+            return error(f"unknown command {name!r}")
+        if command.privileged:
             if conn.peer_uid not in (0, os.getuid()):
-                return error(f"{cmd}: permission denied for uid {conn.peer_uid}")
-            self.log.info("control command", cmd=cmd, uid=conn.peer_uid, peer_pid=conn.peer_pid)
+                return error(f"{name}: permission denied for uid {conn.peer_uid}")
+            self.log.info("control command", cmd=name, uid=conn.peer_uid, peer_pid=conn.peer_pid)
         try:
-            return handler(request, conn)
+            return command.run(request, conn)
         except (KeyError, ValueError, TypeError) as exc:
-            return error(f"{cmd}: {exc.args[0] if exc.args else exc}")
+            return error(f"{name}: {exc.args[0] if exc.args else exc}")
 
-    def cmd_ping(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
+    # -- commands -----------------------------------------------------------------------
+
+    def ping(self, request: dict[str, Any], conn: Connection) -> Reply:
         reply = {
             "ok": True,
-            "pid": self.master.pid,
+            "pid": self.supervisor.pid,
             "version": PROTOCOL_VERSION,
-            "uptime": round(time.monotonic() - self.master.started, 3),
+            "uptime": round(time.monotonic() - self.supervisor.started, 3),
         }
         # The embedded emulator's loopback URL (no credentials): producers with
         # endpoint_url = "local" find it here, whoever they run as.
@@ -138,19 +211,19 @@ class ControlPlane:
             reply["local_endpoint"] = local
         return reply
 
-    def cmd_wake(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
+    def wake(self, request: dict[str, Any], conn: Connection) -> Reply:
         queue, suffix = _string(request, "queue"), request.get("suffix")
         if suffix is not None and not isinstance(suffix, str):
             raise ValueError("suffix must be a string or null")
-        settings = self.master.queues.get(queue)
+        settings = self.supervisor.queues.get(queue)
         if settings is None or (suffix is not None and (suffix or "") not in settings.suffixes):
             raise KeyError(f"unknown queue {queue!r}" + (f" suffix {suffix!r}" if suffix else ""))
-        woken = self.master.wake(queue, None if suffix is None else suffix or "")
+        woken = self.supervisor.wake(queue, None if suffix is None else suffix or "")
         return {"ok": True, "woken": woken}
 
-    def cmd_status(self, request: dict[str, Any], conn: Connection) -> dict[str, Any] | None:
+    def status(self, request: dict[str, Any], conn: Connection) -> Reply:
         if not request.get("fresh"):
-            return self.status()  # cached depths only: monitors polling status cost no SQS calls
+            return self.status_now()  # cached depths only: polling monitors cost no SQS calls
         deadline = time.monotonic() + FRESH_STATUS_WAIT
         replied = False
 
@@ -158,21 +231,21 @@ class ControlPlane:
             nonlocal replied
             if not replied and not conn.closed:
                 replied = True
-                conn.reply(self.status())
+                conn.reply(self.status_now())
 
         self.refresh_depths(answer)
-        self.later(deadline, answer)
+        self.loop.call_at(deadline, answer)
         return None
 
-    def cmd_reload(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
-        failure = self.master.reload()
+    def reload(self, request: dict[str, Any], conn: Connection) -> Reply:
+        failure = self.supervisor.reload()
         return error(failure) if failure else {"ok": True}
 
-    def cmd_shutdown(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
-        self.master.begin_stop(quick=bool(request.get("quick")), reason="sqsctl shutdown")
+    def shutdown(self, request: dict[str, Any], conn: Connection) -> Reply:
+        self.supervisor.begin_stop(quick=bool(request.get("quick")), reason="sqsctl shutdown")
         return {"ok": True}
 
-    def cmd_scale(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
+    def scale(self, request: dict[str, Any], conn: Connection) -> Reply:
         processes = request.get("processes")
         if (
             isinstance(processes, bool)
@@ -181,11 +254,11 @@ class ControlPlane:
         ):
             raise ValueError("processes must be an integer from 0 to 256")
         suffix = request.get("suffix") or ""
-        self.master.scale(_string(request, "queue"), suffix, processes)
+        self.supervisor.scale(_string(request, "queue"), suffix, processes)
         return {"ok": True, "processes": processes}
 
-    def cmd_config(self, request: dict[str, Any], conn: Connection) -> dict[str, Any]:
-        settings = self.master.settings
+    def config(self, request: dict[str, Any], conn: Connection) -> Reply:
+        settings = self.supervisor.settings
         daemon = {
             "path": settings.path,
             "imports": list(settings.imports),
@@ -200,14 +273,14 @@ class ControlPlane:
         }
         queues = {
             name: {k: list(v) if isinstance(v, tuple) else v for k, v in as_dict(queue).items()}
-            for name, queue in self.master.queues.items()
+            for name, queue in self.supervisor.queues.items()
         }
         return {"ok": True, "sqsd": daemon, "queues": queues}
 
-    def cmd_clear(self, request: dict[str, Any], conn: Connection) -> None:
+    def clear(self, request: dict[str, Any], conn: Connection) -> Reply:
         url_names = self.url_names(request.get("queues") or [])
         purge = bool(request.get("purge"))
-        settings = self.master.settings
+        settings = self.supervisor.settings
 
         def done(result: dict[str, Any]) -> None:
             if "error" in result and len(result) == 1:
@@ -219,7 +292,7 @@ class ControlPlane:
         conn.when_closed(lambda: self.drop_query(query))  # Ctrl-C on sqsctl clear stops it
         return None
 
-    def cmd_wait(self, request: dict[str, Any], conn: Connection) -> None:
+    def wait(self, request: dict[str, Any], conn: Connection) -> Reply:
         timeout = request.get("timeout")
         if timeout is None:
             timeout = WAIT_DEFAULT_TIMEOUT
@@ -246,92 +319,26 @@ class ControlPlane:
     def drop_query(self, query: Query) -> None:
         """Stop a query child whose requester has gone (it is reaped as usual)."""
         if not query.done and query.pid in self.queries:
-            self.master.kill(query.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(query.pid, signal.SIGTERM)
 
     # -- status -------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status_now(self) -> dict[str, Any]:
+        supervisor = self.supervisor
         now = time.monotonic()
-        master = self.master
-        # Retired programs still finishing a message show as "stopping" until they exit.
-        workers = [
-            self.worker_status(p, now)
-            for p in master.programs.values()
-            if not p.retired or p.worker is not None
-        ]
-        queues = []
-        for (queue, suffix), processes in master.process_counts().items():
-            url_name = master.settings.queue_url_name(queue, suffix)
-            depth = self.depths.get(url_name, {})
-            queues.append(
-                {
-                    "queue": queue,
-                    "suffix": suffix,
-                    "url_name": url_name,
-                    "processes": processes,
-                    "visible": depth.get("visible"),
-                    "in_flight": depth.get("in_flight"),
-                    "delayed": depth.get("delayed"),
-                    "depth_error": depth.get("error"),
-                    "depth_age": round(now - self.depths_at, 1) if depth else None,
-                }
-            )
-        return {
-            "ok": True,
-            "version": PROTOCOL_VERSION,
-            "pid": master.pid,
-            "config": master.config_path,
-            "uptime": round(now - master.started, 1),
-            "stopping": bool(master.stopping_since),
-            "rss": _rss(master.pid),
-            "workers": workers,
-            "queues": queues,
-        }
-
-    def worker_status(self, program: Program, now: float) -> dict[str, Any]:
-        spec = program.spec
-        entry: dict[str, Any] = {
-            "queue": spec.queue.name,
-            "suffix": spec.suffix,
-            "index": spec.index,
-            "pid": None,
-            "state": program_state(program),
-            "restarts": program.restarts,
-            "failures": program.failures,
-            "last_exit": program.last_exit,
-        }
-        worker = program.worker
-        if worker is None:
-            if program.state == "backoff":
-                entry["retry_in"] = round(max(0.0, program.next_start - now), 1)
-            return entry
-        view = worker.slot.read()
-        counters = view.counters
-        entry.update(
-            pid=worker.pid,
-            state_seconds=round(now - view.state_since, 1),
-            uptime=round(now - worker.started, 1),
-            rss=_rss(worker.pid),
-            processed=counters["processed"],
-            failed=counters["failed"],
-            retried=counters["retried"],
-            dead_lettered=counters["dead_lettered"],
-            api={
-                "receive": counters["receives"],
-                "empty_receive": counters["empty_receives"],
-                "delete": counters["deletes"],
-                "change_visibility": counters["visibility_changes"],
-                "send": counters["sends"],
-            },
+        return status_reply(
+            pid=supervisor.pid,
+            config_path=supervisor.config_path,
+            uptime=now - supervisor.started,
+            stopping=supervisor.stopping,
+            settings=supervisor.settings,
+            programs=supervisor.programs.values(),
+            process_counts=supervisor.process_counts(),
+            depths=self.depths,
+            depths_age=now - self.depths_at,
+            now=now,
         )
-        if entry["state"] == "busy":
-            entry["message_id"] = view.message_id
-            entry["message_seconds"] = round(now - view.message_started, 1)
-        elif entry["state"] in ("idle", "retrying"):
-            entry["idle_seconds"] = round(max(0.0, view.idle_until - now), 1)
-        return entry
-
-    # -- queries in child processes -----------------------------------------------------
 
     def refresh_depths(self, then: Callable[[], None]) -> None:
         """Fetch queue depths in a child (joining one under way); ``then`` runs when done."""
@@ -339,7 +346,7 @@ class ControlPlane:
         if self.depth_query is not None:
             return
         url_names = self.url_names([])
-        settings = self.master.settings
+        settings = self.supervisor.settings
 
         def done(result: dict[str, Any]) -> None:
             self.depth_query = None
@@ -355,8 +362,8 @@ class ControlPlane:
     def check_waiters(self) -> None:
         busy = {
             p.spec.url_name
-            for p in self.master.programs.values()
-            if p.worker is not None and p.worker.slot.read().state == "busy"
+            for p in self.supervisor.programs.values()
+            if p.worker is not None and p.worker.slot.read().state is WorkerState.BUSY
         }
         for waiter in list(self.waiters):
             clean = all(
@@ -375,31 +382,28 @@ class ControlPlane:
                     {"ok": True, "queues": {n: self.depths.get(n) for n in waiter.url_names}}
                 )
 
+    # -- queries in child processes -----------------------------------------------------
+
     def run_query(
         self, work: Callable[[], dict[str, Any]], callback: Callable[[dict[str, Any]], None]
     ) -> Query:
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_fd)
 
-            def child() -> int:
-                try:
-                    result = work()
-                except Exception as exc:
-                    result = {"error": f"{type(exc).__name__}: {exc}"}
-                with os.fdopen(write_fd, "w") as out:
-                    json.dump(result, out)
-                return 0
+        def child() -> int:
+            try:
+                result = work()
+            except Exception as exc:
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            with os.fdopen(write_fd, "w") as out:
+                json.dump(result, out)
+            return 0
 
-            self.master.run_in_child(child)
+        pid = self.supervisor.fork(child, close=(read_fd,))
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         query = Query(pid, read_fd, callback)
         self.queries[pid] = query
-        self.master.selector.register(
-            read_fd, selectors.EVENT_READ, lambda: self._read_query(query)
-        )
+        self.loop.add_reader(read_fd, lambda: self._read_query(query))
         return query
 
     def _read_query(self, query: Query) -> None:
@@ -410,7 +414,7 @@ class ControlPlane:
         if chunk:
             query.buffer += chunk
             return
-        self.master.selector.unregister(query.fd)
+        self.loop.remove_reader(query.fd)
         os.close(query.fd)
         query.fd = -1
         try:
@@ -435,35 +439,21 @@ class ControlPlane:
                 "query child failed", pid=pid, status=os.waitstatus_to_exitcode(status)
             )
 
-    def later(self, when: float, action: Callable[[], None]) -> None:
-        self.master.timers.append((when, action))
-
     # -- helpers ------------------------------------------------------------------------
 
     def url_names(self, names: list[Any]) -> list[str]:
         """SQS names for ``QUEUE`` or ``QUEUE:SUFFIX`` arguments (all queues when empty)."""
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError("queues must be a list of strings")
-        counts = self.master.process_counts()
+        counts = self.supervisor.process_counts()
         result = []
         for name in names or [q for q, _ in counts]:
             queue, _, suffix = name.partition(":")
             matches = [(q, s) for q, s in counts if q == queue and (not suffix or s == suffix)]
             if not matches:
                 raise KeyError(f"unknown queue {name!r}")
-            result.extend(self.master.settings.queue_url_name(q, s) for q, s in matches)
+            result.extend(self.supervisor.settings.queue_url_name(q, s) for q, s in matches)
         return list(dict.fromkeys(result))
-
-
-def program_state(program: Program) -> str:
-    """The state operators see: a worker's own state while it runs, else the program's."""
-    if program.worker is None:
-        if program.state == "backoff":
-            return "crashloop"
-        return program.state
-    if program.state == "stopping" or program.worker.stop_sent:
-        return "stopping"
-    return program.worker.slot.read().state
 
 
 def _string(request: dict[str, Any], key: str) -> str:
@@ -471,22 +461,6 @@ def _string(request: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{key} must be a non-empty string")
     return value
-
-
-def _rss(pid: int) -> int | None:
-    try:
-        process = _processes.get(pid)
-        if process is None:
-            if len(_processes) > 4096:
-                _processes.clear()
-            process = _processes[pid] = psutil.Process(pid)
-        return process.memory_info().rss
-    except psutil.Error:
-        _processes.pop(pid, None)
-        return None
-
-
-_processes: dict[int, psutil.Process] = {}  # reused across status calls
 
 
 def _close_quietly(fd: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqsd.config import Settings
-from sqsd.sqs import is_missing_queue, make_client
+from sqsd.sqs import MAX_BATCH, batches, describe_error, make_client
 
 DEPTH_ATTRIBUTES = {
     "ApproximateNumberOfMessages": "visible",
@@ -30,7 +30,7 @@ def queue_depths(settings: Settings, url_names: list[str]) -> dict[str, Any]:
                 for attribute, field in DEPTH_ATTRIBUTES.items()
             }
         except Exception as exc:
-            result[name] = {"error": _error_text(exc)}
+            result[name] = {"error": describe_error(exc)}
     return result
 
 
@@ -53,7 +53,7 @@ def clear_queues(settings: Settings, url_names: list[str], purge: bool) -> dict[
                 attributes.get("ApproximateNumberOfMessagesNotVisible", 0)
             )
         except Exception as exc:
-            result[name] = {"error": _error_text(exc)}
+            result[name] = {"error": describe_error(exc)}
     return result
 
 
@@ -62,17 +62,15 @@ def _drain(client: Any, url: str) -> int:
     empty_in_a_row = 0
     while empty_in_a_row < 2:  # one empty short poll can miss messages on other hosts
         messages = client.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60
+            QueueUrl=url, MaxNumberOfMessages=MAX_BATCH, WaitTimeSeconds=0, VisibilityTimeout=60
         ).get("Messages", [])
         if not messages:
             empty_in_a_row += 1
             continue
         empty_in_a_row = 0
-        entries = [
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-        ]
-        response = client.delete_message_batch(QueueUrl=url, Entries=entries)
-        deleted += len(response.get("Successful", []))
+        for _, entries in batches(messages, lambda m: {"ReceiptHandle": m["ReceiptHandle"]}):
+            response = client.delete_message_batch(QueueUrl=url, Entries=entries)
+            deleted += len(response.get("Successful", []))
     return deleted
 
 
@@ -88,9 +86,3 @@ def _purge(client: Any, url: str) -> dict[str, Any]:
             "try again in a minute, or clear without --purge"
         }
     return {"purged": int(before.get("ApproximateNumberOfMessages", 0))}
-
-
-def _error_text(exc: Exception) -> str:
-    if is_missing_queue(exc):
-        return "queue does not exist"
-    return f"{type(exc).__name__}: {exc}"

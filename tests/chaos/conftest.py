@@ -20,11 +20,8 @@ from typing import Any
 import pytest
 from conftest import REPO, child_env, log_events  # noqa: F401 - re-exported for scenarios
 
-if str(REPO) not in sys.path:  # tests.receivers, when pytest runs without `python -m`
-    sys.path.insert(0, str(REPO))
-
 from chaos.ledger import Ledger
-from chaos.proxy import FaultProxy
+from tests.support.proxy import SQSProxy
 
 REPORT_PATH = Path(__file__).with_name("last-run.json")
 SQSCTL = Path(sys.executable).parent / "sqsctl"
@@ -173,11 +170,11 @@ def ledger(request, harness, report):
 
 @pytest.fixture
 def fault_proxy(sqs_endpoint):
-    """``fault_proxy(**options)`` starts a FaultProxy in front of the emulator."""
-    proxies: list[FaultProxy] = []
+    """``fault_proxy(**options)`` starts an SQSProxy in front of the emulator."""
+    proxies: list[SQSProxy] = []
 
-    def start(**options: Any) -> FaultProxy:
-        proxy = FaultProxy(sqs_endpoint, **options)
+    def start(**options: Any) -> SQSProxy:
+        proxy = SQSProxy(sqs_endpoint, **options)
         proxies.append(proxy)
         return proxy
 

@@ -17,7 +17,7 @@ from chaos.conftest import (
     all_workers_running,
     assert_answers_sqsctl_ping,
 )
-from sqsd.registry import encode_call
+from sqsd.message import encode_call
 from tests.receivers.chaos import attributes_digest, body_key
 
 pytestmark = pytest.mark.timeout(PROFILE.timeout)

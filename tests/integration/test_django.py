@@ -280,7 +280,7 @@ def test_setup_module_without_settings_module_says_so():
 def test_close_database_closes_djangos_connections(tmp_path):
     run_django("""
         from django.db import connection
-        from sqsd.worker import close_django_connections
+        from sqsd.contrib.django.hooks import close_django_connections
 
         connection.ensure_connection()
         assert connection.connection is not None

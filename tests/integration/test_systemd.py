@@ -282,11 +282,6 @@ def test_units_agree_with_the_daemon_defaults():
     socket_unit = read_unit(UNITS / "sqsd.socket")["Socket"]
     [listen] = socket_unit["ListenStream"]
     assert listen == config.DEFAULT_SOCKET == protocol.DEFAULT_SOCKET
-    # systemd deletes a RuntimeDirectory when the service stops unless it is preserved;
-    # the socket inside must outlive every stop.
-    for runtime_dir in service["RuntimeDirectory"]:
-        if listen.startswith(f"/run/{runtime_dir}/"):
-            assert service["RuntimeDirectoryPreserve"] == ["yes"]
     [exec_start] = service["ExecStart"]
     assert exec_start.split()[1:] == ["run", "-c", config.DEFAULT_CONFIG_PATH]
     [stop_timeout] = service["TimeoutStopSec"]
@@ -294,6 +289,50 @@ def test_units_agree_with_the_daemon_defaults():
     template = read_unit(UNITS / "sqsd@.service")["Service"]
     assert template["ExecStart"] == [exec_start.replace("sqsd.toml", "%i.toml")]
     assert read_unit(UNITS / "sqsd@.socket")["Socket"]["ListenStream"] == ["/run/sqsd/%i.sock"]
+
+
+# Directories systemd creates for a service and, on start, re-owns recursively whenever the
+# top one's owner differs (so whatever a socket unit created inside changes owner).
+EXEC_DIRECTORIES = {"RuntimeDirectory": "/run", "StateDirectory": "/var/lib",
+                    "CacheDirectory": "/var/cache", "LogsDirectory": "/var/log",
+                    "ConfigurationDirectory": "/etc"}
+
+
+def config_lines(path: Path) -> list[list[str]]:
+    """A tmpfiles.d or sysusers.d file as lists of fields (quoted fields kept whole)."""
+    import shlex
+
+    return [shlex.split(line) for line in path.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("service_name, socket_name", [("sqsd.service", "sqsd.socket"),
+                                                        ("sqsd@.service", "sqsd@.socket")])
+def test_the_socket_directory_belongs_to_the_daemon_and_is_never_re_owned(service_name,
+                                                                          socket_name):
+    """Issue 17, bug 1: with RuntimeDirectory=sqsd, the first start after a boot re-owned
+    /run/sqsd recursively, socket included (sqsd:sqsd), locking sqsd-clients out. The
+    directory comes from tmpfiles.d instead, owned by the daemon's user, who creates files
+    next to the socket (the attempts table), and the service may write there."""
+    service = read_unit(UNITS / service_name)["Service"]
+    socket_unit = read_unit(UNITS / socket_name)["Socket"]
+    [listen] = socket_unit["ListenStream"]
+    directory = os.path.dirname(listen)
+    for key, base in EXEC_DIRECTORIES.items():
+        for value in service.get(key, []):
+            for name in value.split():
+                owned = f"{base}/{name.partition(':')[0]}"
+                assert not f"{directory}/".startswith(f"{owned}/"), (
+                    f"{service_name}: {key}={name} re-owns {owned}, which holds {listen}")
+    assert directory in " ".join(service["ReadWritePaths"]).split()
+    [user], [group] = service["User"], service["Group"]
+    assert ["d", directory, "0755", user, group, "-"] in config_lines(
+        UNITS / "sqsd-tmpfiles.conf")
+    sysusers = {(line[0], line[1]) for line in config_lines(UNITS / "sqsd-sysusers.conf")}
+    [clients] = socket_unit["SocketGroup"]
+    assert {("u", user), ("g", clients)} <= sysusers
+    assert socket_unit["SocketUser"] == [user]
+    assert socket_unit["SocketMode"] == ["0660"]
 
 
 @pytest.fixture

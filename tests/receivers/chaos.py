@@ -25,7 +25,7 @@ import os
 import time
 
 import sqsd
-from sqsd.registry import encode_call
+from sqsd.message import encode_call
 from tests.receivers.record import record
 
 KEY_LIMIT = 200

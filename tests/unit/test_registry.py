@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 
 import sqsd
-from sqsd.message import Message
-from sqsd.registry import REGISTRY, decode_call, default_queue_name, encode_call
+from sqsd.message import Message, decode_call, encode_call
+from sqsd.registry import REGISTRY, default_queue_name
 
-
-@pytest.fixture(autouse=True)
-def clean_registry():
-    before = dict(REGISTRY)
-    yield
-    REGISTRY.clear()
-    REGISTRY.update(before)
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 def test_default_queue_name_uses_module_and_name_with_double_underscores():

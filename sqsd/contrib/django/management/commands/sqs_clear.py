@@ -7,8 +7,8 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from sqsd.cli import render_clear
 from sqsd.contrib.django.management import ControlCommand
+from sqsd.control.render import render_clear
 from sqsd.errors import EXIT_FAILED, EXIT_USAGE
 
 

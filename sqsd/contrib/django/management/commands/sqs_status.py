@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqsd.cli import render_status
 from sqsd.contrib.django.management import ControlCommand
+from sqsd.control.render import render_status
 
 
 class Command(ControlCommand):

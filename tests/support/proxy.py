@@ -1,7 +1,8 @@
-"""A loopback HTTP proxy between sqsd and the SQS emulator that fails on purpose.
+"""A loopback HTTP proxy between sqsd and an SQS endpoint that counts every call and fails
+on purpose when told to. The chaos suite and the benchmarks share it.
 
-``FaultProxy(upstream)`` listens on 127.0.0.1 and forwards each HTTP/1.1 request to the
-emulator, unless its ``mode`` says otherwise:
+``SQSProxy(upstream)`` listens on 127.0.0.1 (``proxy.url``) and forwards each HTTP/1.1
+request to the plain-HTTP ``upstream``, unless its ``mode`` says otherwise:
 
 ``pass``      forward
 ``503``       answer 503 Service Unavailable (never forwarded)
@@ -11,9 +12,10 @@ emulator, unless its ``mode`` says otherwise:
 ``stall``     forward, then hold the response ``stall_seconds`` before sending it
 ``mixed``     any of the four above, at random, per request
 
-Every request is logged as a :class:`Call` with the pid of the process that made it
-(found from its TCP port among ``candidates()``), its SQS action and the fault applied,
-so a test can count what each worker did during an outage.
+Every request is recorded as a :class:`Call`: when it arrived, its SQS action and queue,
+the fault applied, whether a ReceiveMessage came back empty and, when ``candidates()``
+names the processes to look among, the pid of the process that made it (found from its
+TCP port). Against real SQS (https) no proxy can sit in between: SigV4 signs the Host.
 """
 
 from __future__ import annotations
@@ -27,27 +29,52 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 FAULTS = ("503", "throttle", "reset", "stall")
 MODES = ("pass", "mixed", *FAULTS)
-_HOP_HEADERS = {"connection", "content-length", "transfer-encoding", "keep-alive"}
+_HOP_HEADERS = {
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Call:
+    """One SQS request, recorded when it arrived."""
+
     at: float  # time.monotonic() when the request arrived
     pid: int | None
     action: str
+    queue: str  # the last path segment of its QueueUrl, "" when it has none
     fault: str  # "pass" or one of FAULTS
+    empty: bool = False  # set once answered: a ReceiveMessage that returned no message
 
 
-class FaultProxy:
-    def __init__(self, upstream: str, candidates: Callable[[], Iterable[int]] = tuple,
-                 stall_seconds: float = 3.0, seed: int | None = None):
+class SQSProxy:
+    """Serves on ``url`` until ``close()`` (or the end of a ``with`` block)."""
+
+    def __init__(
+        self,
+        upstream: str,
+        candidates: Callable[[], Iterable[int]] = tuple,
+        stall_seconds: float = 3.0,
+        seed: int | None = None,
+    ):
         parts = urlsplit(upstream)
+        if parts.scheme != "http":
+            raise ValueError(f"the proxy needs a plain http:// upstream, not {upstream!r}")
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.candidates = candidates
         self.stall_seconds = stall_seconds
@@ -64,15 +91,35 @@ class FaultProxy:
         self._acceptor = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
         self._acceptor.start()
 
-    # -- control ------------------------------------------------------------------------
+    # -- control and figures -------------------------------------------------------------
 
     def set_mode(self, mode: str) -> None:
         assert mode in MODES, mode
         self.mode = mode
 
-    def calls_between(self, start: float, end: float) -> list[Call]:
+    def calls_between(self, start: float = 0.0, end: float = float("inf")) -> list[Call]:
+        """The calls that arrived in [start, end) (time.monotonic())."""
         with self._lock:
             return [c for c in self.calls if start <= c.at < end]
+
+    def counts(self, since: float = 0.0, until: float = float("inf")) -> Counter[str]:
+        """Calls per action that arrived in [since, until)."""
+        return Counter(c.action for c in self.calls_between(since, until))
+
+    def empty_receives(self, since: float = 0.0, until: float = float("inf")) -> int:
+        """Empty ReceiveMessage calls that arrived in [since, until)."""
+        return sum(1 for c in self.calls_between(since, until) if c.empty)
+
+    def receive_times(self, queue: str) -> list[float]:
+        """Arrival times of the ReceiveMessage calls for one queue name, in order."""
+        return sorted(
+            c.at for c in self.calls_between() if c.action == "ReceiveMessage" and c.queue == queue
+        )
+
+    def clear(self) -> None:
+        """Forget every call recorded so far."""
+        with self._lock:
+            self.calls.clear()
 
     def close(self) -> None:
         """Stop accepting, end stalls, close every connection and join the threads."""
@@ -89,7 +136,13 @@ class FaultProxy:
         for thread in list(self._threads):
             thread.join(timeout=5)
 
-    # -- serving ------------------------------------------------------------------------
+    def __enter__(self) -> SQSProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- serving -------------------------------------------------------------------------
 
     def _accept(self) -> None:
         while not self._closing.is_set():
@@ -97,8 +150,10 @@ class FaultProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            thread = threading.Thread(target=self._serve, args=(client,), daemon=True,
-                                      name="proxy-conn")
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            thread = threading.Thread(
+                target=self._serve, args=(client,), daemon=True, name="proxy-conn"
+            )
             with self._lock:
                 self._clients.add(client)
                 self._threads = [t for t in self._threads if t.is_alive()]
@@ -121,31 +176,43 @@ class FaultProxy:
                 fault = self.mode
                 if fault == "mixed":
                     fault = self.random.choice(FAULTS)
+                action, queue = parse_call(headers, body)
+                call = Call(time.monotonic(), pid, action, queue, fault)
                 with self._lock:
-                    self.calls.append(Call(time.monotonic(), pid, sqs_action(headers, body),
-                                           fault))
+                    self.calls.append(call)
                 if fault == "503":
-                    client.sendall(error_response(503, "ServiceUnavailable", headers,
-                                                  "Service Unavailable"))
+                    client.sendall(
+                        error_response(503, "ServiceUnavailable", headers, "Service Unavailable")
+                    )
                     continue
                 if fault == "throttle":
-                    client.sendall(error_response(400, "ThrottlingException", headers,
-                                                  "Rate exceeded"))
+                    client.sendall(
+                        error_response(400, "ThrottlingException", headers, "Rate exceeded")
+                    )
                     continue
                 reset_after = fault == "reset" and self.random.random() < 0.5
                 if fault == "reset" and not reset_after:
                     reset(client)
                     return
                 if upstream is None:
-                    upstream = http.client.HTTPConnection(*self.upstream, timeout=60)
-                response = forward(upstream, method, path, headers, body)
+                    upstream = http.client.HTTPConnection(*self.upstream, timeout=120)
+                try:
+                    status, reason, response_headers, payload = forward(
+                        upstream, method, path, headers, body
+                    )
+                except (OSError, http.client.HTTPException):
+                    upstream.close()
+                    upstream = None
+                    client.sendall(error_response(502, "BadGateway", headers, "upstream failed"))
+                    continue
+                call.empty = action == "ReceiveMessage" and is_empty_receive(payload)
                 if reset_after:
                     reset(client)
                     return
                 if fault == "stall" and self._closing.wait(self.stall_seconds):
                     return
-                client.sendall(response)
-        except OSError:
+                client.sendall(frame_response(status, reason, response_headers, payload))
+        except OSError:  # the client went away (a worker stopped or was killed)
             return
         finally:
             with self._lock:
@@ -157,7 +224,7 @@ class FaultProxy:
                 upstream.close()
 
 
-def read_request(reader) -> tuple[str, str, dict[str, str], bytes] | None:
+def read_request(reader: BinaryIO) -> tuple[str, str, dict[str, str], bytes] | None:
     """One HTTP/1.1 request (Content-Length framed, as botocore sends), or None at EOF."""
     line = reader.readline(65537)
     if not line:
@@ -174,15 +241,28 @@ def read_request(reader) -> tuple[str, str, dict[str, str], bytes] | None:
     return method, path, headers, body
 
 
-def forward(upstream: http.client.HTTPConnection, method: str, path: str,
-            headers: dict[str, str], body: bytes) -> bytes:
-    """Send the request to the emulator and return its response, re-framed."""
-    upstream.request(method, path, body=body,
-                     headers={k: v for k, v in headers.items() if k not in _HOP_HEADERS})
+def forward(
+    upstream: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    """Send the request upstream; its response's status, reason, headers and body."""
+    upstream.request(
+        method, path, body=body, headers={k: v for k, v in headers.items() if k not in _HOP_HEADERS}
+    )
     response = upstream.getresponse()
     payload = response.read()
-    head = [f"HTTP/1.1 {response.status} {response.reason}"]
-    head += [f"{k}: {v}" for k, v in response.getheaders() if k.lower() not in _HOP_HEADERS]
+    return response.status, response.reason, response.getheaders(), payload
+
+
+def frame_response(
+    status: int, reason: str, headers: list[tuple[str, str]], payload: bytes
+) -> bytes:
+    """An HTTP/1.1 response with its hop-by-hop headers replaced by a Content-Length."""
+    head = [f"HTTP/1.1 {status} {reason}"]
+    head += [f"{k}: {v}" for k, v in headers if k.lower() not in _HOP_HEADERS]
     head.append(f"Content-Length: {len(payload)}")
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
 
@@ -193,14 +273,20 @@ def error_response(status: int, code: str, headers: dict[str, str], message: str
         payload = json.dumps({"__type": f"com.amazonaws.sqs#{code}", "message": message}).encode()
         content_type = "application/x-amz-json-1.0"
     else:
-        payload = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
-                   f"<Message>{message}</Message></Error><RequestId>chaos</RequestId>"
-                   "</ErrorResponse>").encode()
+        payload = (
+            f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+            f"<Message>{message}</Message></Error><RequestId>chaos</RequestId>"
+            "</ErrorResponse>"
+        ).encode()
         content_type = "text/xml"
-    reason = {503: "Service Unavailable", 400: "Bad Request"}.get(status, "Error")
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
-            f"x-amzn-query-error: {code};Sender\r\nx-amzn-RequestId: chaos\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n")
+    reason = {503: "Service Unavailable", 502: "Bad Gateway", 400: "Bad Request"}.get(
+        status, "Error"
+    )
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"x-amzn-query-error: {code};Sender\r\nx-amzn-RequestId: chaos\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
     return head.encode() + payload
 
 
@@ -211,18 +297,32 @@ def reset(client: socket.socket) -> None:
     client.close()
 
 
-def sqs_action(headers: dict[str, str], body: bytes) -> str:
+def parse_call(headers: dict[str, str], body: bytes) -> tuple[str, str]:
+    """The (action, queue name) of an SQS request in either protocol."""
     target = headers.get("x-amz-target", "")
     if target:
-        return target.rpartition(".")[2]
-    with contextlib.suppress(ValueError):
-        return parse_qs(body.decode()).get("Action", ["?"])[0]
-    return "?"
+        action = target.rpartition(".")[2]
+        try:
+            queue_url = json.loads(body or b"{}").get("QueueUrl", "")
+        except (ValueError, AttributeError):
+            queue_url = ""
+    else:
+        form = parse_qs(body.decode("utf-8", "replace"))
+        action = form.get("Action", ["?"])[0]
+        queue_url = form.get("QueueUrl", [""])[0]
+    queue = urlsplit(queue_url).path.rstrip("/").rpartition("/")[2] if queue_url else ""
+    return action, queue
+
+
+def is_empty_receive(body: bytes) -> bool:
+    """Whether a ReceiveMessage response body carries no message (JSON or XML)."""
+    return b'"Messages"' not in body and b"<Message>" not in body
 
 
 def pid_of_peer(port: int, candidates: Iterable[int]) -> int | None:
     """The pid among ``candidates`` that owns the loopback TCP socket bound to ``port``."""
-    inode = _socket_inode(port)
+    candidates = list(candidates)
+    inode = _socket_inode(port) if candidates else None
     if inode is None:
         return None
     target = f"socket:[{inode}]"

@@ -1,0 +1,128 @@
+"""The ``status`` reply: what the master knows of its workers and queues, as data.
+
+How it is shown to people is sqsd.control.render's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import psutil
+
+from sqsd.config import Settings
+from sqsd.states import SLEEPING_STATES, Program, ProgramState, WorkerState, shown_state
+from sqsd_client.protocol import PROTOCOL_VERSION
+
+QueueKey = tuple[str, str]  # (queue, suffix)
+
+
+def status_reply(
+    *,
+    pid: int,
+    config_path: str,
+    uptime: float,
+    stopping: bool,
+    settings: Settings,
+    programs: Iterable[Program],
+    process_counts: Mapping[QueueKey, int],
+    depths: Mapping[str, Mapping[str, Any]],
+    depths_age: float,
+    now: float,
+) -> dict[str, Any]:
+    """The whole reply. Retired programs still finishing a message show as "stopping"
+    until they exit; ``depths`` are the last queue depths fetched, ``depths_age`` ago."""
+    workers = [worker_entry(p, now) for p in programs if not p.retired or p.worker is not None]
+    queues = []
+    for (queue, suffix), processes in process_counts.items():
+        url_name = settings.queue_url_name(queue, suffix)
+        depth = depths.get(url_name, {})
+        queues.append(
+            {
+                "queue": queue,
+                "suffix": suffix,
+                "url_name": url_name,
+                "processes": processes,
+                "visible": depth.get("visible"),
+                "in_flight": depth.get("in_flight"),
+                "delayed": depth.get("delayed"),
+                "depth_error": depth.get("error"),
+                "depth_age": round(depths_age, 1) if depth else None,
+            }
+        )
+    return {
+        "ok": True,
+        "version": PROTOCOL_VERSION,
+        "pid": pid,
+        "config": config_path,
+        "uptime": round(uptime, 1),
+        "stopping": stopping,
+        "rss": rss(pid),
+        "workers": workers,
+        "queues": queues,
+    }
+
+
+def worker_entry(program: Program, now: float) -> dict[str, Any]:
+    """One program: its state as operators see it, restart history and, while its worker
+    runs, the worker's counters."""
+    spec = program.spec
+    entry: dict[str, Any] = {
+        "queue": spec.queue.name,
+        "suffix": spec.suffix,
+        "index": spec.index,
+        "pid": None,
+        "state": shown_state(program),
+        "restarts": program.restarts,
+        "failures": program.failures,
+        "last_exit": None if program.last_exit is None else str(program.last_exit),
+    }
+    worker = program.worker
+    if worker is None:
+        if program.state is ProgramState.BACKOFF:
+            entry["retry_in"] = round(max(0.0, program.next_start - now), 1)
+        return entry
+    view = worker.slot.read()
+    counters = view.counters
+    entry.update(
+        pid=worker.pid,
+        state_seconds=round(now - view.state_since, 1),
+        uptime=round(now - worker.started, 1),
+        rss=rss(worker.pid),
+        processed=counters["processed"],
+        failed=counters["failed"],
+        retried=counters["retried"],
+        dead_lettered=counters["dead_lettered"],
+        api={
+            "receive": counters["receives"],
+            "empty_receive": counters["empty_receives"],
+            "delete": counters["deletes"],
+            "change_visibility": counters["visibility_changes"],
+            "send": counters["sends"],
+        },
+    )
+    if worker.stop_sent:
+        pass
+    elif view.state is WorkerState.BUSY:
+        entry["message_id"] = view.message_id
+        entry["message_seconds"] = round(now - view.message_started, 1)
+    elif view.state in SLEEPING_STATES:
+        entry["idle_seconds"] = round(max(0.0, view.idle_until - now), 1)
+    return entry
+
+
+def rss(pid: int) -> int | None:
+    """Resident memory of ``pid`` in bytes (None when it is gone)."""
+    try:
+        process = _processes.get(pid)
+        if process is None:
+            if len(_processes) > 4096:
+                _processes.clear()
+            process = _processes[pid] = psutil.Process(pid)
+        return process.memory_info().rss
+    except psutil.Error:
+        _processes.pop(pid, None)
+        return None
+
+
+_processes: dict[int, psutil.Process] = {}  # reused across status calls

@@ -1,0 +1,121 @@
+"""Control commands against a stand-in supervisor: no master, no fork, no socket."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from sqsd import config, plan
+from sqsd.control.commands import ControlPlane
+from sqsd.control.render import render_status
+from sqsd.loop import EventLoop
+from sqsd.states import Program, ProgramState, WorkerExit
+
+
+def handle(message):
+    """The queues' handler."""
+
+
+SETTINGS = config.parse(
+    {"queues": {"a": {"receiver": f"{__name__}:handle", "suffixes": ["", "big"]}}}, "test.toml"
+)
+
+
+@dataclass
+class Supervisor:
+    """What the control plane may ask of the master, and nothing else."""
+
+    pid: int = 42
+    started: float = 0.0
+    config_path: str = "test.toml"
+    settings: config.Settings = SETTINGS
+    queues: dict = field(default_factory=lambda: plan.queue_settings(SETTINGS))
+    programs: dict = field(default_factory=dict)
+    stopping: bool = False
+    calls: list = field(default_factory=list)
+
+    def process_counts(self) -> dict[tuple[str, str], int]:
+        return plan.process_counts(self.queues)
+
+    def wake(self, queue: str, suffix: str | None) -> int:
+        self.calls.append(("wake", queue, suffix))
+        return 1
+
+    def reload(self) -> str | None:
+        self.calls.append(("reload",))
+        return "test.toml: broken"
+
+    def begin_stop(self, *, quick: bool, reason: str = "") -> None:
+        self.calls.append(("stop", quick, reason))
+
+    def scale(self, queue: str, suffix: str, processes: int) -> int:
+        self.calls.append(("scale", queue, suffix, processes))
+        return processes
+
+    def fork(self, main, close=()) -> int:
+        raise AssertionError("no command here needs a child")
+
+
+@dataclass
+class Conn:
+    peer_uid: int = os.getuid()
+    peer_pid: int = 1
+    closed: bool = False
+    replies: list = field(default_factory=list)
+
+    def reply(self, obj: dict[str, Any]) -> None:
+        self.replies.append(obj)
+
+
+@pytest.fixture
+def control():
+    supervisor = Supervisor()
+    loop = EventLoop()
+    yield ControlPlane(supervisor, loop), supervisor
+    loop.close()
+
+
+def test_commands_come_from_the_table(control):
+    plane, supervisor = control
+    assert plane.dispatch({"cmd": "ping"}, Conn())["pid"] == 42
+    assert plane.dispatch({"cmd": "cmd_ping"}, Conn()) == {
+        "ok": False, "error": "unknown command 'cmd_ping'"}
+    assert plane.dispatch({"cmd": "dispatch"}, Conn())["ok"] is False
+
+
+def test_privileged_commands_refuse_other_users(control):
+    plane, supervisor = control
+    stranger = Conn(peer_uid=os.getuid() + 1)
+    reply = plane.dispatch({"cmd": "shutdown"}, stranger)
+    assert reply["ok"] is False and "permission denied" in reply["error"]
+    assert supervisor.calls == []
+    assert plane.dispatch({"cmd": "shutdown", "quick": True}, Conn()) == {"ok": True}
+    assert supervisor.calls == [("stop", True, "sqsctl shutdown")]
+
+
+def test_commands_check_their_arguments_before_acting(control):
+    plane, supervisor = control
+    assert plane.dispatch({"cmd": "wake", "queue": "a", "suffix": "big"}, Conn()) == {
+        "ok": True, "woken": 1}
+    assert plane.dispatch({"cmd": "wake", "queue": "nope"}, Conn())["error"] == (
+        "wake: unknown queue 'nope'")
+    assert plane.dispatch({"cmd": "scale", "queue": "a", "processes": 300}, Conn())["ok"] is False
+    assert plane.dispatch({"cmd": "reload"}, Conn()) == {"ok": False, "error": "test.toml: broken"}
+    assert supervisor.calls == [("wake", "a", "big"), ("reload",)]
+
+
+def test_status_is_data_and_render_makes_the_table(control):
+    plane, supervisor = control
+    wanted = plan.wanted(SETTINGS, supervisor.queues)
+    supervisor.programs = {key: Program(spec) for key, spec in wanted.items()}
+    crashed = supervisor.programs[("a", "big", 0)]
+    crashed.state, crashed.restarts, crashed.last_exit = ProgramState.BACKOFF, 2, WorkerExit(1)
+    reply = plane.dispatch({"cmd": "status"}, Conn())
+    assert [(w["suffix"], w["state"], w["last_exit"]) for w in reply["workers"]] == [
+        ("", "starting", None), ("big", "crashloop", "exited 1")]
+    assert [(q["url_name"], q["processes"]) for q in reply["queues"]] == [("a", 1), ("a__big", 1)]
+    table = render_status(reply)
+    assert "a:big" in table and "crashloop retry" in table and "exited 1" in table
