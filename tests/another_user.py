@@ -8,6 +8,7 @@ without root to switch users, the test is skipped with the reason.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 NOBODY = 65534
 SEARCH_PATH = "/usr/local/bin:/usr/bin:/bin"
+IMPORTED_BY_SQSD = ("structlog",)  # third-party packages `import sqsd` loads (pure Python)
 
 
 def python_for(uid: int) -> str | None:
@@ -71,12 +73,17 @@ class OtherUser:
 
 
 def readable_tree() -> Path:
-    """A new directory, readable by everyone, holding copies of sqsd and sqsd_client."""
+    """A new directory, readable by everyone, holding copies of sqsd and sqsd_client, and of
+    the pure-Python packages `import sqsd` needs (the interpreter may have none of them)."""
     tree = Path(tempfile.mkdtemp(prefix="sqsd-other-user-"))
     tree.chmod(0o755)
-    for package in ("sqsd", "sqsd_client"):
-        shutil.copytree(REPO / package, tree / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    sources = {package: REPO / package for package in ("sqsd", "sqsd_client")}
+    for package in IMPORTED_BY_SQSD:
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.submodule_search_locations, package
+        sources[package] = Path(next(iter(spec.submodule_search_locations)))
+    for package, source in sources.items():
+        shutil.copytree(source, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
     for path in tree.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return tree
