@@ -7,6 +7,7 @@ line on stderr; exit codes: 0 ok, 1 failed or timed out, 2 usage or config error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,10 +24,13 @@ from sqsd import config as config_module
 from sqsd import units as units_module
 from sqsd.control.render import render_clear, render_status
 from sqsd.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, ConfigError
+from sqsd.redact import redact
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    click.echo(f"{click.get_current_context().find_root().info_name}: {message}", err=True)
+    with contextlib.suppress(OSError):  # a closed stderr must not turn exit 2 into a traceback
+        click.echo(f"{click.get_current_context().find_root().info_name}: {redact(message)}",
+                   err=True)
     sys.exit(code)
 
 
@@ -78,23 +82,22 @@ def run(
     # Until the master takes over its signals, a stop request ends start-up cleanly.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_during_startup)
-    from sqsd import logs, plan
-    from sqsd.control.server import SocketInUse
+    from sqsd import logs, plan, preflight
+    from sqsd.control.server import SocketInUse, SocketPathError
     from sqsd.local import LocalEndpoint, environment_for_children
     from sqsd.local import resolve as resolve_local
     from sqsd.master import Master
+    from sqsd.registry import import_receivers
     from sqsd.sqs import preload
 
     settings = load_settings(config_path)
     logs.configure(settings.log_format, settings.log_level)
     preload()
     try:
+        import_receivers(settings)
+        preflight.check_selection(settings, plan.queue_settings(settings, queues), queues, suffix)
         planned, _ = plan.prepare(settings, queues, suffix)  # every handler resolves now
-        for name in queues:
-            if name not in planned:
-                raise ConfigError(
-                    f"{config_path}: queue {name!r} is neither configured nor registered"
-                )
+        preflight.check(settings, planned)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     endpoint = None
@@ -113,6 +116,8 @@ def run(
         code = master.run()
     except SocketInUse as exc:
         fail(str(exc))
+    except SocketPathError as exc:
+        fail(preflight.socket_error(settings, exc), EXIT_USAGE)
     finally:
         if endpoint is not None:
             endpoint.stop()
@@ -120,19 +125,23 @@ def run(
 
 
 def _exit_during_startup(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+    from sqsd.preflight import StartupInterrupted
+
+    raise StartupInterrupted(0)
 
 
 @sqsd_main.command()
 @config_option
 def check(config_path: str) -> None:
     """Validate the configuration, import receivers and reach every queue."""
-    from sqsd import plan
+    from sqsd import plan, preflight
     from sqsd.sqs import describe_error, is_missing_queue, make_client
 
     settings = load_settings(config_path)
     try:
-        specs = plan.prepare(settings)[1].values()
+        queues, wanted = plan.prepare(settings)
+        preflight.check(settings, queues)
+        specs = wanted.values()
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
     if settings.endpoint_url == "local":
@@ -142,20 +151,27 @@ def check(config_path: str) -> None:
     names = sorted(
         {s.url_name for s in specs} | {s.dead_letter_name for s in specs if s.dead_letter_name}
     )
-    problems = 0
+    problems = created = 0
     for name in names:
         try:
             client.get_queue_url(QueueName=name)
             click.echo(f"ok       {name}")
         except Exception as exc:
+            if is_missing_queue(exc) and settings.create_queues:
+                created += 1
+                click.echo(f"create   {name}: does not exist yet; will be created at start")
+                continue
             problems += 1
             reason = describe_error(exc)
             if is_missing_queue(exc):
                 reason += " (create it, or set create_queues = true)"
-            click.echo(f"missing  {name}: {reason}")
+            click.echo(redact(f"missing  {name}: {reason}"))
     if problems:
         fail(f"{problems} of {len(names)} queues not reachable")
-    click.echo(f"{config_path}: configuration valid, {len(names)} queues reachable")
+    reachable = f"{len(names) - created} queues reachable"
+    if created:
+        reachable += f", {created} will be created"
+    click.echo(f"{config_path}: configuration valid, {reachable}")
 
 
 @sqsd_main.command(name="install-units")
@@ -340,7 +356,8 @@ def clear(ctx: click.Context, queues: tuple[str, ...], yes: bool, purge: bool) -
 
 @sqsctl_main.command()
 @click.argument("queues", nargs=-1)
-@click.option("--timeout", type=float, default=None, help="Give up after S seconds (exit 1).")
+@click.option("--timeout", type=float, default=None,
+              help="Give up after S seconds (exit 1); default 3600, at most 86400.")
 @click.pass_context
 def wait(ctx: click.Context, queues: tuple[str, ...], timeout: float | None) -> None:
     """Wait until QUEUES are empty and their workers idle."""

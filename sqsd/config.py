@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sqsd import redact
 from sqsd.errors import ConfigError
 from sqsd.sqs import MAX_BATCH, MAX_VISIBILITY, MAX_WAIT
 from sqsd_client.protocol import DEFAULT_SOCKET
@@ -337,7 +338,9 @@ def load(path: str | os.PathLike[str]) -> Settings:
         raise ConfigError(f"{path}: expected a configuration file, found a directory") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(raw, path)
+    settings = parse(raw, path)
+    redact.remember(settings.endpoint_url)  # its password is masked wherever it shows up
+    return settings
 
 
 def parse(raw: Mapping[str, Any], path: str = "<config>") -> Settings:

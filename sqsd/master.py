@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import setproctitle
 
-from sqsd import children, logs, notify, plan, scoreboard
+from sqsd import children, logs, notify, plan, preflight, scoreboard
 from sqsd import config as config_module
 from sqsd.config import Settings
 from sqsd.control.commands import ControlPlane
@@ -249,6 +249,7 @@ class Master:
                 config_module.load(self.config_path), self.local_endpoint, forced=self.local_only
             )
             queues, wanted = plan.prepare(settings, self.only_queues, self.only_suffix)
+            preflight.check(settings, queues, socket=False)
         except ConfigError as exc:
             self.log.error("reload failed; keeping the running configuration", error=str(exc))
             self.notifier.send("READY=1")

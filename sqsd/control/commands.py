@@ -11,22 +11,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from sqsd import logs
 from sqsd.config import QueueSettings, Settings, as_dict
 from sqsd.control import queries
 from sqsd.control.server import Connection, ControlServer, open_listener
 from sqsd.control.status import status_reply
+from sqsd.redact import redact
 from sqsd.states import Program, WorkerState
 from sqsd_client.protocol import PROTOCOL_VERSION, error
 
 FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before answering
 WAIT_CHECK_INTERVAL = 1.0
+WAIT_DEFAULT_TIMEOUT = 3600.0  # a `wait` without a timeout gives up after an hour
+WAIT_MAX_TIMEOUT = 86400.0
 
 Reply = dict[str, Any] | None  # None: the command replies later, through its connection
 Handler = Callable[[dict[str, Any], Connection], Reply]
@@ -195,12 +198,18 @@ class ControlPlane:
     # -- commands -----------------------------------------------------------------------
 
     def ping(self, request: dict[str, Any], conn: Connection) -> Reply:
-        return {
+        reply = {
             "ok": True,
             "pid": self.supervisor.pid,
             "version": PROTOCOL_VERSION,
             "uptime": round(time.monotonic() - self.supervisor.started, 3),
         }
+        # The embedded emulator's loopback URL (no credentials): producers with
+        # endpoint_url = "local" find it here, whoever they run as.
+        local = os.environ.get("SQSD_LOCAL_ENDPOINT")
+        if local:
+            reply["local_endpoint"] = local
+        return reply
 
     def wake(self, request: dict[str, Any], conn: Connection) -> Reply:
         queue, suffix = _string(request, "queue"), request.get("suffix")
@@ -257,7 +266,7 @@ class ControlPlane:
             "socket_mode": f"{settings.socket_mode:04o}",
             "queue_prefix": settings.queue_prefix,
             "region": settings.region,
-            "endpoint_url": _without_credentials(settings.endpoint_url),
+            "endpoint_url": redact(settings.endpoint_url),
             "create_queues": settings.create_queues,
             "log_format": settings.log_format,
             "failed_log": settings.failed_log,
@@ -279,20 +288,39 @@ class ControlPlane:
             else:
                 conn.reply({"ok": True, "queues": result})
 
-        self.run_query(lambda: queries.clear_queues(settings, url_names, purge), done)
+        query = self.run_query(lambda: queries.clear_queues(settings, url_names, purge), done)
+        conn.when_closed(lambda: self.drop_query(query))  # Ctrl-C on sqsctl clear stops it
         return None
 
     def wait(self, request: dict[str, Any], conn: Connection) -> Reply:
         timeout = request.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        if timeout is None:
+            timeout = WAIT_DEFAULT_TIMEOUT
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout <= WAIT_MAX_TIMEOUT
         ):
-            raise ValueError("timeout must be a number of seconds or null")
+            raise ValueError(
+                f"timeout must be a number of seconds from 0 to {WAIT_MAX_TIMEOUT:g} "
+                f"or null ({WAIT_DEFAULT_TIMEOUT:g})"
+            )
         url_names = self.url_names(request.get("queues") or [])
-        deadline = time.monotonic() + (timeout if timeout is not None else 10 * 365 * 86400)
-        self.waiters.append(Waiter(conn, url_names, deadline))
+        waiter = Waiter(conn, url_names, time.monotonic() + timeout)
+        self.waiters.append(waiter)
+        conn.when_closed(lambda: self.drop_waiter(waiter))  # nobody left to tell
         self.last_wait_check = 0.0  # check at the next turn of the loop
         return None
+
+    def drop_waiter(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
+
+    def drop_query(self, query: Query) -> None:
+        """Stop a query child whose requester has gone (it is reaped as usual)."""
+        if not query.done and query.pid in self.queries:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(query.pid, signal.SIGTERM)
 
     # -- status -------------------------------------------------------------------------
 
@@ -433,15 +461,6 @@ def _string(request: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{key} must be a non-empty string")
     return value
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _close_quietly(fd: int) -> None:
