@@ -214,6 +214,10 @@ def shorten(text: str, width: int, middle: bool) -> str:
     if not middle:
         return text[:keep] + ELLIPSIS
     tail = keep // 2
+    for separator in (":", "__"):  # a queue's suffix is what tells its rows apart
+        if separator in text and len(text) - text.rindex(separator) <= keep - 4:
+            tail = max(tail, len(text) - text.rindex(separator))
+            break
     return text[: keep - tail] + ELLIPSIS + text[len(text) - tail :]
 
 
