@@ -242,3 +242,32 @@ def test_ctrl_c_in_wait_prints_one_line_and_exits_130(daemon):
     assert os.waitstatus_to_exitcode(status) == 130, text
     assert text.count("sqsctl: interrupted") == 1, text
     assert "Aborted" not in text and "Traceback" not in text, text
+
+
+def complete(args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    words = f"sqsctl {args}"
+    result = CliRunner().invoke(
+        cli.sqsctl_main, [], prog_name="sqsctl", catch_exceptions=False,
+        env={"_SQSCTL_COMPLETE": "bash_complete", "COMP_WORDS": words,
+             "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+             **(env or {})})
+    return result.exit_code, result.output
+
+
+def test_completion_offers_the_running_daemons_queues(daemon):
+    code, output = complete(f"--socket {daemon.path} wake em")
+    assert (code, output.split()) == (0, ["plain,emails"])
+    assert complete(f"--socket {daemon.path} dlq ")[1].split() == ["plain,emails"]
+
+
+def test_completion_falls_back_to_the_configuration_and_never_fails_loudly(daemon, tmp_path):
+    config_file = tmp_path / "sqsd.toml"
+    config_file.write_text('[queues.reports]\nreceiver = "m:f"\nsuffixes = ["", "daily"]\n')
+    gone = str(tmp_path / "gone.sock")
+    code, output = complete(f"--socket {gone} send re", env={"SQSD_CONFIG": str(config_file)})
+    assert (code, output.split()) == (0, ["plain,reports", "plain,reports:daily"])
+    config_file.write_text("not [ toml")
+    broken = complete(f"--socket {gone} send re", env={"SQSD_CONFIG": str(config_file)})
+    assert (broken[0], broken[1].strip()) == (0, "")
+    missing = complete("-c /nonexistent.toml wake ")
+    assert (missing[0], missing[1].strip()) == (0, "")
