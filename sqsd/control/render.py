@@ -70,6 +70,7 @@ class Column:
     numeric: bool = False  # right-aligned
     shrink_to: int = 0  # > 0: a name that gives way (down to this width) to fit the table
     middle: bool = True  # shortened in the middle (names keep their suffix), else at the end
+    first: bool = False  # gives way before the other shrinkable columns
 
 
 WORKER_COLUMNS = (
@@ -83,7 +84,7 @@ WORKER_COLUMNS = (
     Column("DLQ", numeric=True),
     Column("RESTARTS", numeric=True),
     Column("RSS", numeric=True),
-    Column("LAST EXIT", shrink_to=6, middle=False),
+    Column("LAST EXIT", shrink_to=12, middle=False, first=True),
 )
 QUEUE_COLUMNS = (
     Column("QUEUE", shrink_to=10),
@@ -242,14 +243,18 @@ def table(
 
 
 def _fit(columns: tuple[Column, ...], widths: list[int], width: int) -> None:
-    """Narrow the shrinkable columns, widest first, until the table fits in ``width``."""
+    """Narrow the shrinkable columns until the table fits in ``width``: those that give way
+    first, then the others, widest first."""
     excess = sum(widths) + 2 * (len(widths) - 1) - width
-    while excess > 0:
-        candidates = [
-            i for i, col in enumerate(columns) if col.shrink_to and widths[i] > col.shrink_to
-        ]
-        if not candidates:
-            return
-        widest = max(candidates, key=lambda i: widths[i])
-        widths[widest] -= 1
-        excess -= 1
+    for stage in (True, False):
+        while excess > 0:
+            candidates = [
+                i
+                for i, col in enumerate(columns)
+                if col.shrink_to and widths[i] > col.shrink_to and (col.first or not stage)
+            ]
+            if not candidates:
+                break
+            widest = max(candidates, key=lambda i: widths[i])
+            widths[widest] -= 1
+            excess -= 1

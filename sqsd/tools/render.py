@@ -13,7 +13,7 @@ LIST_COLUMNS = (
     Column("DEAD-LETTERED"),
     Column("FROM", shrink_to=8),
     Column("ERROR", shrink_to=12, middle=False),
-    Column("BODY", shrink_to=12, middle=False),
+    Column("BODY", shrink_to=12, middle=False, first=True),
 )
 
 
