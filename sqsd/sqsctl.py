@@ -211,10 +211,7 @@ def status(ctx: click.Context, watch: bool, wide: bool) -> None:
         emit(ctx, reply, render_status(reply, width=None if wide else WIDTH, paint=paint(ctx)))
         if not watch:
             return
-        try:
-            time.sleep(2)
-        except KeyboardInterrupt:
-            return
+        time.sleep(2)  # until Ctrl-C: one line, exit code 130, as every command
 
 
 @sqsctl_main.command()
@@ -304,9 +301,17 @@ def tool_context(ctx: click.Context) -> tuple[Any, list[Any]]:
 
     try:
         producer = configure(ctx.obj["config"])
-        return producer, known_targets(ctx.obj["socket"], producer.settings.path)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
+    try:
+        return producer, known_targets(ctx.obj["socket"], producer.settings.path)
+    except ConfigError as exc:
+        fail(f"no daemon answered on {ctx.obj['socket']} to name its queues, and {exc}",
+             EXIT_USAGE)
+
+
+def ctx_socket() -> str:
+    return click.get_current_context().obj["socket"]
 
 
 def find_target(targets: list[Any], target: str, *, plain: bool = True) -> Any:
@@ -314,6 +319,9 @@ def find_target(targets: list[Any], target: str, *, plain: bool = True) -> Any:
     from sqsd.tools.queues import UnknownQueue, find
 
     queue, suffix = split_target(target)
+    if not targets:
+        fail(f"unknown queue {queue!r}: no daemon answered on {ctx_socket()} and the "
+             "configuration file names no queues (-c CONFIG or $SQSD_CONFIG)", EXIT_USAGE)
     try:
         found = find(targets, queue, "" if suffix is None and plain else suffix)
     except UnknownQueue as exc:
