@@ -57,7 +57,8 @@ from sqsd.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, ConfigError
     "--config",
     "config_path",
     default=None,
-    help="Take the control socket from this configuration file.",
+    help="Configuration file: its control socket, and for send and dlq the queues' prefix, "
+    "region and endpoint (default $SQSD_CONFIG, else /etc/sqsd/sqsd.toml).",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print machine-readable JSON (also after COMMAND)."
@@ -172,13 +173,14 @@ def call(
             EXIT_UNREACHABLE,
         )
     except sqsd_client.CommandFailed as exc:
+        message = str(exc.reply.get("error", exc))
+        code = EXIT_USAGE if f"{cmd}: unknown " in message else EXIT_FAILED  # a queue, a suffix
         if ctx.obj["json"]:
             click.echo(json.dumps(exc.reply))
-            sys.exit(EXIT_FAILED)
-        message = str(exc.reply.get("error", exc))
+            sys.exit(code)
         if f"{cmd}: permission denied for uid" in message:
             message += " (only root and the daemon's user may; try sudo)"
-        fail(message, EXIT_USAGE if f"{cmd}: unknown " in message else EXIT_FAILED)
+        fail(message, code)
 
 
 def emit(ctx: click.Context, reply: dict[str, Any], text: str) -> None:
