@@ -308,8 +308,7 @@ def tool_context(ctx: click.Context) -> tuple[Any, list[Any]]:
     try:
         return producer, known_targets(ctx.obj["socket"], producer.settings.path)
     except ConfigError as exc:
-        fail(f"no daemon answered on {ctx.obj['socket']} to name its queues, and {exc}",
-             EXIT_USAGE)
+        fail(f"no daemon answered on {ctx.obj['socket']} to name its queues, and {exc}", EXIT_USAGE)
 
 
 def ctx_socket() -> str:
@@ -322,8 +321,11 @@ def find_target(targets: list[Any], target: str, *, plain: bool = True) -> Any:
 
     queue, suffix = split_target(target)
     if not targets:
-        fail(f"unknown queue {queue!r}: no daemon answered on {ctx_socket()} and the "
-             "configuration file names no queues (-c CONFIG or $SQSD_CONFIG)", EXIT_USAGE)
+        fail(
+            f"unknown queue {queue!r}: no daemon answered on {ctx_socket()} and the "
+            "configuration file names no queues (-c CONFIG or $SQSD_CONFIG)",
+            EXIT_USAGE,
+        )
     try:
         found = find(targets, queue, "" if suffix is None and plain else suffix)
     except UnknownQueue as exc:
@@ -337,14 +339,27 @@ def find_target(targets: list[Any], target: str, *, plain: bool = True) -> Any:
 @click.argument("target", metavar="QUEUE[:SUFFIX]", shell_complete=complete_queue)
 @click.argument("body", metavar="BODY|-")
 @click.option("--delay", type=click.FloatRange(min=0), default=0, help="Seconds until visible.")
-@click.option("--attr", "attrs", multiple=True, metavar="NAME[:Number]=VALUE",
-              help="A message attribute (repeatable).")
+@click.option(
+    "--attr",
+    "attrs",
+    multiple=True,
+    metavar="NAME[:Number]=VALUE",
+    help="A message attribute (repeatable).",
+)
 @click.option("--group", default=None, help="FIFO queues: MessageGroupId (default 'default').")
 @click.option("--dedup", default=None, help="FIFO queues: MessageDeduplicationId.")
 @click.option("--no-wake", is_flag=True, help="Do not wake the queue's idle worker.")
 @click.pass_context
-def send(ctx: click.Context, target: str, body: str, delay: float, attrs: tuple[str, ...],
-         group: str | None, dedup: str | None, no_wake: bool) -> None:
+def send(
+    ctx: click.Context,
+    target: str,
+    body: str,
+    delay: float,
+    attrs: tuple[str, ...],
+    group: str | None,
+    dedup: str | None,
+    no_wake: bool,
+) -> None:
     """Send BODY (- reads it from stdin, as is) to QUEUE[:SUFFIX] and wake its worker."""
     from sqsd.errors import SendError
     from sqsd.tools import render
@@ -359,8 +374,15 @@ def send(ctx: click.Context, target: str, body: str, delay: float, attrs: tuple[
     producer, targets = tool_context(ctx)
     destination = find_target(targets, target)
     try:
-        reply = send_tool.send(producer, destination, body, delay=delay, attributes=attributes,
-                               group=group, dedup=dedup)
+        reply = send_tool.send(
+            producer,
+            destination,
+            body,
+            delay=delay,
+            attributes=attributes,
+            group=group,
+            dedup=dedup,
+        )
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     except SendError as exc:
@@ -405,8 +427,14 @@ def dead_letter_queue(ctx: click.Context) -> tuple[Any, list[Any], Any, str]:
 
 
 @dlq.command(name="list")
-@click.option("--max", "limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
-              help="List at most N messages.")
+@click.option(
+    "--max",
+    "limit",
+    type=click.IntRange(1, 10_000),
+    default=50,
+    show_default=True,
+    help="List at most N messages.",
+)
 @click.option("--wide", is_flag=True, help="Full width: whole errors and bodies.")
 @click.pass_context
 def dlq_list(ctx: click.Context, limit: int = 50, wide: bool = False) -> None:
@@ -417,17 +445,28 @@ def dlq_list(ctx: click.Context, limit: int = 50, wide: bool = False) -> None:
     producer, _, target, url = dead_letter_queue(ctx)
     messages = dlq_tool.peek(producer.client, url, limit)
     approximate = dlq_tool.depth(producer.client, url)
-    reply = {"ok": True, "url_name": target.dead_letter, "approximate": approximate,
-             "messages": [m.summary() for m in messages]}
-    text = render.render_list(target.dead_letter, approximate, messages, paint(ctx),
-                              None if wide else WIDTH)
+    reply = {
+        "ok": True,
+        "url_name": target.dead_letter,
+        "approximate": approximate,
+        "messages": [m.summary() for m in messages],
+    }
+    text = render.render_list(
+        target.dead_letter, approximate, messages, paint(ctx), None if wide else WIDTH
+    )
     emit(ctx, reply, text)
 
 
 @dlq.command()
 @click.argument("message_id")
-@click.option("--max", "limit", type=click.IntRange(1, 100_000), default=1000, show_default=True,
-              help="Look through at most N messages.")
+@click.option(
+    "--max",
+    "limit",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Look through at most N messages.",
+)
 @click.pass_context
 def show(ctx: click.Context, message_id: str, limit: int) -> None:
     """Show one dead-lettered message in full (MESSAGE_ID: its id, or the start of it)."""
@@ -442,12 +481,27 @@ def show(ctx: click.Context, message_id: str, limit: int) -> None:
 
 
 @dlq.command()
-@click.option("--to", "to", metavar="QUEUE[:SUFFIX]", shell_complete=complete_queue,
-              help="Send every message here (default: where each came from).")
-@click.option("--max", "limit", type=click.IntRange(min=0), default=0,
-              help="Move at most N messages (default: all).")
-@click.option("--method", type=click.Choice(["auto", "move-task", "receive"]), default="auto",
-              show_default=True, help="SQS's message-move task, or receive, send, delete.")
+@click.option(
+    "--to",
+    "to",
+    metavar="QUEUE[:SUFFIX]",
+    shell_complete=complete_queue,
+    help="Send every message here (default: where each came from).",
+)
+@click.option(
+    "--max",
+    "limit",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Move at most N messages (default: all).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "move-task", "receive"]),
+    default="auto",
+    show_default=True,
+    help="SQS's message-move task, or receive, send, delete.",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def redrive(ctx: click.Context, to: str | None, limit: int, method: str, yes: bool) -> None:
@@ -461,8 +515,9 @@ def redrive(ctx: click.Context, to: str | None, limit: int, method: str, yes: bo
         if not sys.stdin.isatty():
             fail("refusing to redrive without --yes when not on a terminal", EXIT_USAGE)
         approximate = dlq_tool.depth(producer.client, url)
-        click.confirm(f"Move about {approximate} message(s) from {target.dead_letter} back?",
-                      abort=True)
+        click.confirm(
+            f"Move about {approximate} message(s) from {target.dead_letter} back?", abort=True
+        )
     client = producer.client
     single = dlq_tool.single_destination(targets, target.queue, destination)
     note = ""
@@ -476,8 +531,9 @@ def redrive(ctx: click.Context, to: str | None, limit: int, method: str, yes: bo
                 fail(f"message-move task not available: {exc}")
             note = f"message-move task not available: {exc}"
     elif method == "move-task":
-        fail("a message-move task has one standard destination queue: name it with --to",
-             EXIT_USAGE)
+        fail(
+            "a message-move task has one standard destination queue: name it with --to", EXIT_USAGE
+        )
     if result is None:
         url_of = lambda name: client.get_queue_url(QueueName=name)["QueueUrl"]  # noqa: E731
         route = dlq_tool.router(targets, target.queue, destination, url_of)
