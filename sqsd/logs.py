@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import json
 import logging
 import os
 import socket
 import stat
+import sys
 import syslog
 import time
 import traceback
@@ -131,17 +133,26 @@ def configure(log_format: str = "console", level: str = "info") -> None:
     level_name = os.environ.get("SQSD_LOG_LEVEL", level).upper()
     level_number = logging.getLevelName(level_name)
     out = stream()
+    console = log_format not in ("json", "logfmt")
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # People at a console read local time to the second; machines get ISO UTC.
+        structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False)
+        if console
+        else structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if log_format == "json":
-        renderer: Any = structlog.processors.JSONRenderer()
-    elif log_format == "logfmt":
-        renderer = structlog.processors.LogfmtRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    before_render: list[Any]
+    if console:  # it prints a traceback itself, once, below the line
+        before_render = [compact_for_console]
+        renderer: Any = console_renderer(colors=out.isatty() and not os.environ.get("NO_COLOR"))
+    else:  # the traceback becomes the "exception" field
+        before_render = [structlog.processors.format_exc_info]
+        renderer = (
+            structlog.processors.JSONRenderer()
+            if log_format == "json"
+            else structlog.processors.LogfmtRenderer()
+        )
 
     def render(logger: Any, method: str, event: Any) -> str:
         return redact(renderer(logger, method, event))
@@ -152,7 +163,7 @@ def configure(log_format: str = "console", level: str = "info") -> None:
 
     out.note = note
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, render],
+        processors=[*shared, *before_render, render],
         wrapper_class=structlog.make_filtering_bound_logger(level_number),
         logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=True,
@@ -163,7 +174,11 @@ def configure(log_format: str = "console", level: str = "info") -> None:
             structlog.stdlib.add_logger_name,
             structlog.stdlib.ExtraAdder(),
         ],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, render],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *before_render,
+            render,
+        ],
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
@@ -177,6 +192,61 @@ def configure(log_format: str = "console", level: str = "info") -> None:
 def print_exception() -> None:
     """The exception being handled, redacted, on the log stream (never raises)."""
     stream().write(redact(traceback.format_exc()))
+
+
+def console_renderer(*, colors: bool | None = None) -> Any:
+    """People's lines: colour when asked (a terminal, not $NO_COLOR), a plain traceback (never
+    rich's boxes, whatever the handlers' environment has installed), fields in the order
+    ``compact_for_console`` puts them. ``colors=None``: when stderr is a terminal."""
+    if colors is None:
+        colors = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    options: dict[str, Any] = {
+        "colors": colors,
+        "exception_formatter": structlog.dev.plain_traceback,
+        "sort_keys": False,
+    }
+    parameters = inspect.signature(structlog.dev.ConsoleRenderer).parameters
+    options["pad_event_to" if "pad_event_to" in parameters else "pad_event"] = 16
+    if "pad_level" in parameters:
+        options["pad_level"] = False
+    return structlog.dev.ConsoleRenderer(**options)
+
+
+CONSOLE_BODY = 120  # characters of a failed message's body on a console line
+FIRST = ("timestamp", "level", "event", "logger", "queue", "id")
+
+
+def compact_for_console(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Shorten a record for people at a console; json and logfmt keep every field in full.
+
+    ``queue:suffix`` in one field, ``id``: the message id's 8 characters status shows, durations
+    in ms, a receive count of 1 left out, the body of a failed message cut short, its
+    error left to the traceback printed below, and the logger without its ``sqsd.``."""
+    suffix = event.pop("suffix", None)
+    if suffix and "queue" in event:
+        event["queue"] = f"{event['queue']}:{suffix}"
+    if isinstance(event.get("message_id"), str):
+        event["id"] = event.pop("message_id")[:8]
+    if isinstance(event.get("duration"), int | float):
+        event["duration"] = _milliseconds(event["duration"])
+    for key in ("receive_count", "starts"):
+        if event.get(key) == 1:
+            del event[key]
+    if isinstance(event.get("body"), str) and len(event["body"]) > CONSOLE_BODY:
+        event["body"] = event["body"][:CONSOLE_BODY] + "…"
+    if event.get("exc_info"):
+        event.pop("error", None)  # the traceback's last line says it
+    event.pop("trace", None)
+    name = event.get("logger")
+    if isinstance(name, str) and name.startswith("sqsd."):
+        event["logger"] = name[len("sqsd.") :]
+    return {**{k: event.pop(k) for k in FIRST if k in event}, **event}
+
+
+def _milliseconds(seconds: float) -> str:
+    if seconds >= 10:
+        return f"{seconds:.1f}s"
+    return f"{seconds * 1000:.3g}ms" if seconds < 1 else f"{seconds * 1000:.0f}ms"
 
 
 def get(name: str = "sqsd", **context: Any) -> Any:
@@ -210,10 +280,12 @@ class FailedLog:
         self.path = path
         self.logger = logging.getLogger(FAILED_LOGGER)
 
-    def write(self, **record: Any) -> bool:
-        """Record a failed message; False when the file could not be written (the caller
-        then keeps the message in the queue rather than lose its only copy)."""
-        self.logger.error("failed message", extra=record)
+    def write(self, event: str = "failed message", exc_info: Any = None, **record: Any) -> bool:
+        """Record a failed message: one ``event`` record (with the traceback when
+        ``exc_info`` is given: the one record of a failed handler) and a line in the file.
+        False when the file could not be written (the caller then keeps the message in the
+        queue rather than lose its only copy)."""
+        self.logger.error(event, extra=record, exc_info=exc_info)
         if not self.path:
             return True
         fields = {k: redact(v) if isinstance(v, str) and k != "body" else v

@@ -21,8 +21,9 @@ from sqsd import logs
 from sqsd.config import QueueSettings, Settings, as_dict
 from sqsd.control import queries
 from sqsd.control.server import Connection, ControlServer, open_listener
-from sqsd.control.status import status_reply
+from sqsd.control.status import dead_letter_names, status_reply
 from sqsd.redact import redact
+from sqsd.spelling import did_you_mean
 from sqsd.states import Program, WorkerState
 from sqsd_client.protocol import PROTOCOL_VERSION, error
 
@@ -216,8 +217,12 @@ class ControlPlane:
         if suffix is not None and not isinstance(suffix, str):
             raise ValueError("suffix must be a string or null")
         settings = self.supervisor.queues.get(queue)
-        if settings is None or (suffix is not None and (suffix or "") not in settings.suffixes):
-            raise KeyError(f"unknown queue {queue!r}" + (f" suffix {suffix!r}" if suffix else ""))
+        if settings is None:
+            hint = did_you_mean(queue, self.supervisor.queues)
+            raise KeyError(f"unknown queue {queue!r}{hint}")
+        if suffix is not None and suffix not in settings.suffixes:
+            hint = did_you_mean(suffix, [s for s in settings.suffixes if s])
+            raise KeyError(f"unknown suffix {suffix!r} of queue {queue!r}{hint}")
         woken = self.supervisor.wake(queue, None if suffix is None else suffix or "")
         return {"ok": True, "woken": woken}
 
@@ -269,12 +274,14 @@ class ControlPlane:
             "endpoint_url": redact(settings.endpoint_url),
             "create_queues": settings.create_queues,
             "log_format": settings.log_format,
+            "log_level": settings.log_level,
             "failed_log": settings.failed_log,
+            "socket_group": settings.socket_group,
+            "max_workers": settings.max_workers,
+            "metrics_listen": settings.metrics_listen,
+            "sqs_price_per_million": settings.sqs_price_per_million,
         }
-        queues = {
-            name: {k: list(v) if isinstance(v, tuple) else v for k, v in as_dict(queue).items()}
-            for name, queue in self.supervisor.queues.items()
-        }
+        queues = {name: effective(queue) for name, queue in self.supervisor.queues.items()}
         return {"ok": True, "sqsd": daemon, "queues": queues}
 
     def clear(self, request: dict[str, Any], conn: Connection) -> Reply:
@@ -338,6 +345,7 @@ class ControlPlane:
             depths=self.depths,
             depths_age=now - self.depths_at,
             now=now,
+            queue_settings=supervisor.queues,
         )
 
     def refresh_depths(self, then: Callable[[], None]) -> None:
@@ -345,8 +353,9 @@ class ControlPlane:
         self.depth_listeners.append(then)
         if self.depth_query is not None:
             return
-        url_names = self.url_names([])
         settings = self.supervisor.settings
+        dead_letters = dead_letter_names(settings, self.supervisor.queues).values()
+        url_names = list(dict.fromkeys([*self.url_names([]), *dead_letters]))
 
         def done(result: dict[str, Any]) -> None:
             self.depth_query = None
@@ -451,9 +460,22 @@ class ControlPlane:
             queue, _, suffix = name.partition(":")
             matches = [(q, s) for q, s in counts if q == queue and (not suffix or s == suffix)]
             if not matches:
-                raise KeyError(f"unknown queue {name!r}")
+                labels = [f"{q}:{s}" if s else q for q, s in counts]
+                raise KeyError(f"unknown queue {name!r}{did_you_mean(name, labels)}")
             result.extend(self.supervisor.settings.queue_url_name(q, s) for q, s in matches)
         return list(dict.fromkeys(result))
+
+
+def effective(queue: QueueSettings) -> dict[str, Any]:
+    """A queue's settings as they act: the keys whose default means "derived" (on_error,
+    max_receives, max_processes) show the value derived, not the empty default."""
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in as_dict(queue).items()}
+    values.update(
+        on_error=queue.error_policy,
+        max_receives=queue.receive_limit,
+        max_processes=queue.process_range[1],
+    )
+    return values
 
 
 def _string(request: dict[str, Any], key: str) -> str:
