@@ -516,8 +516,9 @@ METHOD = (
     + ", ".join(f"{name} {version}" for name, version in pinned().items())
     + ". Each system drains N messages from its own queue on the same endpoint, in the same "
     "run, one worker process each, the same handler work (bench/peer_workers/common.py): "
-    "(a) a no-op, at each one's best thread count (sqsd concurrency 1; dramatiq and Celery 8 "
-    "threads, the best of 1, 8 and 32 on this host); (b) time.sleep(0.005) with 32 threads "
+    "(a) a no-op, at each one's best thread count (sqsd: concurrency 1; dramatiq and Celery: "
+    "8 threads; 8 and 32 were within noise of each other on the 2-CPU development host, 1 "
+    "far slower); (b) time.sleep(0.005) with 32 threads "
     "(sqsd: concurrency = 32). The raw boto3 loop runs one message at a time. dramatiq: "
     "`dramatiq -p 1 -t T` with dramatiq-sqs's SQSBroker (a supervisor process plus one worker "
     "process; a boto3 pool of T+1 connections, because its worker threads delete their own "
