@@ -402,8 +402,13 @@ def run_peer(
 
 def peers(bench: Bench) -> list[Row]:
     """Scenario 9: sqsd, the raw loop, dramatiq and Celery on the same cases in one run."""
-    python = ensure_venv()
-    versions = installed_versions(python)
+    setup_error = ""
+    try:
+        python = ensure_venv()
+        versions = installed_versions(python)
+    except (OSError, subprocess.CalledProcessError) as exc:  # sqsd and raw still run
+        traceback.print_exc()
+        python, versions, setup_error = venv_python(), {}, f"error: peers' venv: {exc}"[:100]
     n = bench.messages
     repeats = 1 if bench.quick else 3
     drain_raw(bench, ["peers_warmup"], 2, n)  # the emulator gets faster as its JIT warms up
@@ -419,7 +424,7 @@ def peers(bench: Bench) -> list[Row]:
             )
         timed: dict[str, list[Result]] = {system: [] for system in runners}
         counted: dict[str, Result] = {}
-        errors: dict[str, str] = {}
+        errors = {peer.name: setup_error for peer in PEERS if setup_error}
         systems = list(runners)
         for r in range(repeats):
             for system in systems[r:] + systems[:r]:  # each goes first in turn
@@ -486,6 +491,8 @@ def case_rows(
     for system, result in counted.items():
         details[f"{system}_calls"] = dict(result.calls or {})
     rows = []
+    if "sqsd" in errors:
+        rows.append(Row(SCENARIO, f"{case.label}: sqsd {errors['sqsd']}", None))
     first = True
     for other, suffix in others:
         if other in errors:
