@@ -551,6 +551,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.install:
         print(json.dumps(installed_versions(ensure_venv())))
+        (VENV / ".installed").touch()  # up to date: tell make so
 
 
 if __name__ == "__main__":
