@@ -1,4 +1,4 @@
-"""Scenario 9, peers: sqsd beside dramatiq (dramatiq-sqs) and Celery (its SQS transport).
+"""The peers scenario: sqsd beside dramatiq (dramatiq-sqs) and Celery (its SQS transport).
 
 Every system drains the same number of messages from its own queue on the same endpoint in
 the same run, with the same handler work (bench/peer_workers/common.py): (a) a no-op handler,
@@ -35,6 +35,7 @@ from bench.proxy import CountingProxy
 from bench.queues import DepthWatch, fill
 from bench.report import Row
 from bench.scenarios import (
+    SCENARIOS,
     Bench,
     Drain,
     count_of,
@@ -50,7 +51,6 @@ VENV = BENCH / ".peers-venv"
 REQUIREMENTS = BENCH / "peers-requirements.txt"
 MIB = 1024 * 1024
 PRODUCERS = 4  # producer processes filling a peer's queue together
-SCENARIO = "9 peers"
 
 
 def pinned() -> dict[str, str]:
@@ -401,7 +401,7 @@ def run_peer(
 
 
 def peers(bench: Bench) -> list[Row]:
-    """Scenario 9: sqsd, the raw loop, dramatiq and Celery on the same cases in one run."""
+    """The peers scenario: sqsd, the raw loop, dramatiq and Celery on the same cases, one run."""
     setup_error = ""
     try:
         python = ensure_venv()
@@ -449,6 +449,12 @@ def peers(bench: Bench) -> list[Row]:
     return rows
 
 
+def scenario_label() -> str:
+    """``N peers``: N is this scenario's place in the run's list (run.py registers it last)."""
+    names = list(SCENARIOS)
+    return f"{names.index('peers') + 1} peers" if "peers" in names else "peers"
+
+
 def case_rows(
     case: Case,
     n: int,
@@ -491,19 +497,20 @@ def case_rows(
     for system, result in counted.items():
         details[f"{system}_calls"] = dict(result.calls or {})
     rows = []
+    scenario = scenario_label()
     if "sqsd" in errors:
-        rows.append(Row(SCENARIO, f"{case.label}: sqsd {errors['sqsd']}", None))
+        rows.append(Row(scenario, f"{case.label}: sqsd {errors['sqsd']}", None))
     first = True
     for other, suffix in others:
         if other in errors:
-            rows.append(Row(SCENARIO, f"{case.label}{suffix}: {errors[other]}", None))
+            rows.append(Row(scenario, f"{case.label}{suffix}: {errors[other]}", None))
             continue
         for metric, unit, value in figures:
             if other == "raw" and metric == "worker RSS":
                 continue  # the raw loop exits when the queue is empty: no RSS taken
             rows.append(
                 Row(
-                    SCENARIO,
+                    scenario,
                     f"{case.label}: {metric}{suffix}",
                     value("sqsd"),
                     value(other),
