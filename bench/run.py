@@ -28,10 +28,14 @@ import psutil  # noqa: E402
 
 from bench import emulator  # noqa: E402
 from bench.events import EventSink  # noqa: E402
+from bench.peers import METHOD as PEERS_METHOD  # noqa: E402
+from bench.peers import peers  # noqa: E402
 from bench.queues import Queues, sqs_client  # noqa: E402
 from bench.report import Row, render_table, write_json  # noqa: E402
 from bench.scenarios import METHODS, SCENARIOS, Bench  # noqa: E402
 
+SCENARIOS["peers"] = peers  # bench/peers.py: dramatiq and Celery beside sqsd
+METHODS["peers"] = PEERS_METHOD
 NAMES = list(SCENARIOS)
 
 
