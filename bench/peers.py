@@ -31,7 +31,6 @@ from typing import Any
 
 import psutil
 
-from bench.proxy import CountingProxy
 from bench.queues import DepthWatch, fill
 from bench.report import Row
 from bench.scenarios import (
@@ -44,6 +43,7 @@ from bench.scenarios import (
     timed_drain,
     worker_cpu,
 )
+from tests.support.proxy import SQSProxy
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -221,7 +221,7 @@ def peak_rss(pid: int) -> int:
 
 
 def run_sqsd(
-    bench: Bench, name: str, case: Case, count: int, proxy: CountingProxy | None
+    bench: Bench, name: str, case: Case, count: int, proxy: SQSProxy | None
 ) -> Result:
     """Fill, start `sqsd run` with one worker process, time the drain, stop it."""
     url = bench.queues.create(name)
@@ -249,7 +249,7 @@ def run_sqsd(
     return Result(drain, memory, calls)
 
 
-def run_raw(bench: Bench, name: str, case: Case, count: int, proxy: CountingProxy | None) -> Result:
+def run_raw(bench: Bench, name: str, case: Case, count: int, proxy: SQSProxy | None) -> Result:
     """The same drain with one raw boto3 loop process (one message at a time)."""
     since = time.monotonic()
     drain, _ = drain_raw(bench, [name], 1, count, case.work, proxy.url if proxy else None)
@@ -366,7 +366,7 @@ def run_peer(
     name: str,
     case: Case,
     count: int,
-    proxy: CountingProxy | None,
+    proxy: SQSProxy | None,
 ) -> Result:
     """Fill with the peer's producer, start its worker (1 process), time the drain, stop it."""
     url = bench.queues.create(name)
@@ -414,7 +414,7 @@ def peers(bench: Bench) -> list[Row]:
     drain_raw(bench, ["peers_warmup"], 2, n)  # the emulator gets faster as its JIT warms up
     rows: list[Row] = []
     for number, case in enumerate(CASES):
-        runners: dict[str, Callable[[str, CountingProxy | None], Result]] = {
+        runners: dict[str, Callable[[str, SQSProxy | None], Result]] = {
             "sqsd": lambda name, proxy, case=case: run_sqsd(bench, name, case, n, proxy),
             "raw": lambda name, proxy, case=case: run_raw(bench, name, case, n, proxy),
         }
@@ -436,7 +436,7 @@ def peers(bench: Bench) -> list[Row]:
                     traceback.print_exc()
                     errors[system] = f"error: {exc}"[:100]
         if bench.can_proxy:
-            with CountingProxy(bench.endpoint_url or "") as proxy:
+            with SQSProxy(bench.endpoint_url or "") as proxy:
                 for system in systems:
                     if system in errors:
                         continue
