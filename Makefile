@@ -45,10 +45,15 @@ fresh-clone-test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The peers the benchmark runs beside sqsd (dramatiq, Celery): their own venv, never .venv.
+PEERS_STAMP := bench/.peers-venv/.installed
+$(PEERS_STAMP): bench/peers-requirements.txt | $(STAMP)
+	$(PY) -m bench.peers --install
+
 # Benchmarks against fauxqs (figures only, never pass/fail): make bench BENCH_ARGS=--quick
-bench: $(STAMP)
+bench: $(STAMP) $(PEERS_STAMP)
 	test -d bench/node_modules/fauxqs || npm install --prefix bench --no-save fauxqs@1.9.2
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist clients/python/build *.egg-info clients/python/*.egg-info
+	rm -rf $(VENV) bench/.peers-venv build dist clients/python/build *.egg-info clients/python/*.egg-info

@@ -1,4 +1,4 @@
-"""Scenario 9, autoscale: a burst drained by ``processes = 1 … max_processes = 8`` beside
+"""Scenario 10, autoscale: a burst drained by ``processes = 1 … max_processes = 8`` beside
 fixed 1 and fixed 8, the API calls it costs, the way back to ``processes`` after the burst,
 and a steady load at half of one worker's capacity (no flapping).
 
@@ -28,6 +28,7 @@ SCALE_DOWN_AFTER = 60.0  # the default, real time: the target is stated in it
 # become 1 s and 3 s, so an idle queue-hour is COMPRESSION times shorter.
 IDLE = {"wait_time_seconds": 20 // COMPRESSION, "idle_sleep_max": 60 / COMPRESSION}
 STEADY_COMPRESSION = 5  # --quick: the steady load's scaling timers run 5× faster
+SCENARIO = "10 autoscale"  # after 9 peers in bench/run.py's list
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Burst:
 
 
 def autoscale(bench: Bench) -> list[Row]:
-    """Scenario 9: see METHOD."""
+    """Scenario 10: see METHOD."""
     n = 2000 if bench.quick else 5000
     if not bench.can_proxy:
         raise RuntimeError("the autoscale scenario counts calls through the proxy: http:// only")
@@ -62,26 +63,26 @@ def autoscale(bench: Bench) -> list[Row]:
     per_hour = 3600 / (COMPRESSION * statistics.fmean(idle)) if idle else float("nan")
     label = f"burst {n:,} × 50 ms"
     return [
-        Row("9 autoscale", f"{label}: fixed 1 process (s)", fixed1.seconds, None, "s", "",
+        Row(SCENARIO, f"{label}: fixed 1 process (s)", fixed1.seconds, None, "s", "",
             drain_details(fixed1)),
-        Row("9 autoscale", f"{label}: fixed {MAX} processes (s)", fixed8.seconds, None, "s", "",
+        Row(SCENARIO, f"{label}: fixed {MAX} processes (s)", fixed8.seconds, None, "s", "",
             drain_details(fixed8)),
-        Row("9 autoscale", f"{label}: 1…{MAX} autoscaled (s)", auto.seconds, None, "s", "",
+        Row(SCENARIO, f"{label}: 1…{MAX} autoscaled (s)", auto.seconds, None, "s", "",
             drain_details(auto)),
-        Row("9 autoscale", "autoscaled: speed-up over fixed 1", fixed1.seconds / auto.seconds,
+        Row(SCENARIO, "autoscaled: speed-up over fixed 1", fixed1.seconds / auto.seconds,
             None, "×", "≥ 5"),
-        Row("9 autoscale", f"autoscaled: time / fixed {MAX}", auto.seconds / fixed8.seconds,
+        Row(SCENARIO, f"autoscaled: time / fixed {MAX}", auto.seconds / fixed8.seconds,
             None, "×", "≤ 1.3"),
-        Row("9 autoscale", "autoscaled: API calls/message", auto.calls_per_message,
+        Row(SCENARIO, "autoscaled: API calls/message", auto.calls_per_message,
             fixed8.calls_per_message, "", "≤ 0.22",
             {"autoscaled": auto.calls, f"fixed {MAX}": fixed8.calls, "messages": n}),
-        Row("9 autoscale", "back to processes after the burst (s)", back, None, "s",
+        Row(SCENARIO, "back to processes after the burst (s)", back, None, "s",
             f"≤ {SCALE_DOWN_AFTER + 10:.0f}"),
-        Row("9 autoscale", "then idle: receives/queue-hour", per_hour, None, "", "≤ 45",
+        Row(SCENARIO, "then idle: receives/queue-hour", per_hour, None, "", "≤ 45",
             {"gaps_s": idle, "compression": COMPRESSION}),
-        Row("9 autoscale", "steady 50 %: decisions per 10 min", steady["per_10_min"], None, "",
+        Row(SCENARIO, "steady 50 %: decisions per 10 min", steady["per_10_min"], None, "",
             "≤ 2", steady),
-        Row("9 autoscale", "steady 50 %: mean processes", steady["mean_processes"], None),
+        Row(SCENARIO, "steady 50 %: mean processes", steady["mean_processes"], None),
     ]
 
 

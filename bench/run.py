@@ -28,12 +28,16 @@ import psutil  # noqa: E402
 
 from bench import autoscale, emulator  # noqa: E402
 from bench.events import EventSink  # noqa: E402
+from bench.peers import METHOD as PEERS_METHOD  # noqa: E402
+from bench.peers import peers  # noqa: E402
 from bench.queues import Queues, sqs_client  # noqa: E402
 from bench.report import Row, render_table, write_json  # noqa: E402
 from bench.scenarios import METHODS, SCENARIOS, Bench  # noqa: E402
 
-SCENARIOS = {**SCENARIOS, "autoscale": autoscale.autoscale}
-METHODS = {**METHODS, "autoscale": autoscale.METHOD}
+SCENARIOS["peers"] = peers  # bench/peers.py: dramatiq and Celery beside sqsd
+METHODS["peers"] = PEERS_METHOD
+SCENARIOS["autoscale"] = autoscale.autoscale  # bench/autoscale.py
+METHODS["autoscale"] = autoscale.METHOD
 NAMES = list(SCENARIOS)
 
 

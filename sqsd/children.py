@@ -8,14 +8,15 @@ died exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from sqsd import logs
 from sqsd.errors import EXIT_FAILED, EXIT_OK
 from sqsd.notify import set_parent_death_signal
 
@@ -45,9 +46,10 @@ def run_child(main: Callable[[], int], undo: Callable[[], None], parent: int) ->
     except SystemExit as exc:
         code = EXIT_OK if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except BaseException:
-        traceback.print_exc()
+        logs.print_exception()
         code = EXIT_FAILED
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):  # a broken pipe must not skip _exit
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(code)

@@ -13,7 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sqsd import redact
 from sqsd.errors import ConfigError
+from sqsd.spelling import nearest
 from sqsd.sqs import MAX_BATCH, MAX_VISIBILITY, MAX_WAIT
 from sqsd_client.protocol import DEFAULT_SOCKET
 
@@ -312,8 +314,8 @@ def validate_table(
     for key, value in table.items():
         spec = keys.get(key)
         if spec is None:
-            known = ", ".join(sorted(keys))
-            raise ConfigError(f"{path}: {where} {key}: unknown key (known keys: {known})")
+            hint = _unknown_key_hint(key, keys)
+            raise ConfigError(f"{path}: {where} {key}: unknown key ({hint})")
         try:
             result[key] = spec.convert(value)
         except (ValueError, TypeError):
@@ -321,6 +323,18 @@ def validate_table(
                 f"{path}: {where} {key}: expected {spec.expected}, got {value!r}"
             ) from None
     return result
+
+
+def _unknown_key_hint(key: str, keys: Mapping[str, Key]) -> str:
+    """Where ``key`` belongs, else the nearest known key, else every known key."""
+    if keys is QUEUE_KEYS and key in SQSD_KEYS:
+        return "it belongs in [sqsd]"
+    if keys is SQSD_KEYS and key in QUEUE_KEYS:
+        return "it belongs in [defaults] or [queues.NAME]"
+    match = nearest(key, keys)
+    if match is not None:
+        return f"did you mean {match!r}?"
+    return "known keys: " + ", ".join(sorted(keys))
 
 
 def load(path: str | os.PathLike[str]) -> Settings:
@@ -337,7 +351,9 @@ def load(path: str | os.PathLike[str]) -> Settings:
         raise ConfigError(f"{path}: expected a configuration file, found a directory") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(raw, path)
+    settings = parse(raw, path)
+    redact.remember(settings.endpoint_url)  # its password is masked wherever it shows up
+    return settings
 
 
 def parse(raw: Mapping[str, Any], path: str = "<config>") -> Settings:

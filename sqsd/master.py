@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import setproctitle
 
-from sqsd import children, logs, notify, plan, scaling, scoreboard
+from sqsd import children, logs, notify, plan, preflight, scaling, scoreboard
 from sqsd import config as config_module
 from sqsd.config import Settings
 from sqsd.control.commands import ControlPlane
@@ -118,7 +118,7 @@ class Master:
         self.loop.catch_signals(self.signal_handlers)
         self.control.start()
         setproctitle.setproctitle(f"sqsd: master -c {self.config_path}")
-        wanted = plan.wanted(self.settings, self.queues, self.process_counts())
+        wanted = plan.wanted(self.settings, self.queues, self.sizing.counts)
         self.programs = {key: Program(spec) for key, spec in wanted.items()}
         if not self.programs:
             self.log.warning("no queues to run: configure [queues.NAME] or register receivers")
@@ -248,8 +248,9 @@ class Master:
             settings = resolve_local(
                 config_module.load(self.config_path), self.local_endpoint, forced=self.local_only
             )
-            counts = self.process_counts()
+            counts = self.sizing.counts  # a reload keeps them, within the new ranges
             queues, wanted = plan.prepare(settings, self.only_queues, self.only_suffix, counts)
+            preflight.check(settings, queues, socket=False)
         except ConfigError as exc:
             self.log.error("reload failed; keeping the running configuration", error=str(exc))
             self.notifier.send("READY=1")
@@ -284,7 +285,7 @@ class Master:
         self.log.info("scaling decision", **decision.log_fields())
         if decision.worker is not None:  # it takes the index that goes
             scaling.make_last(self.programs, (*decision.key, decision.worker), decision.after)
-        wanted = plan.wanted(self.settings, self.queues, self.process_counts())
+        wanted = plan.wanted(self.settings, self.queues, self.sizing.counts)
         reason = f"scaled {decision}"  # "scaled 3→2: worker 2 idle 61s"
         self.apply(plan.diff(self.running_specs(), wanted), wanted, stop_reason=reason)
 
@@ -322,11 +323,8 @@ class Master:
         self.poked = True
 
     def scale_all(self, delta: int) -> None:
-        for (queue, suffix), count in self.process_counts().items():
+        for (queue, suffix), count in list(self.sizing.counts.items()):
             self.scale(queue, suffix, max(0, count + delta))
-
-    def process_counts(self) -> dict[tuple[str, str], int]:
-        return dict(self.sizing.counts)
 
     def active_programs(self) -> list[Program]:
         return [p for p in self.programs.values() if not p.retired]

@@ -14,6 +14,8 @@ import os
 import socket
 import time
 
+from sqsd.redact import redact
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -53,8 +55,9 @@ class Notifier:
         )
 
     def status(self, text: str) -> None:
-        """STATUS= only when it changed (and was sent)."""
-        if text != self.last_status and self.send(f"STATUS={text}"):
+        """STATUS= only when it changed (and was sent); redacted: `systemctl status` shows
+        it to anyone."""
+        if text != self.last_status and self.send(f"STATUS={redact(text)}"):
             self.last_status = text
 
     def watchdog(self) -> None:

@@ -8,11 +8,11 @@ run and the specs wanted, what to stop, start, restart and keep.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sqsd import preflight
 from sqsd.config import QueueSettings, Settings
 from sqsd.contrib.django.hooks import close_django_connections
 from sqsd.errors import ConfigError
@@ -145,6 +145,8 @@ def queue_settings(
         options = registration.options if registration else None
         queue = settings.queue_settings(name, options)
         if only_suffix is not None:
+            if only_suffix not in queue.suffixes:
+                continue  # `run --suffix S` runs the queues that have S
             queue = replace(queue, suffixes=(only_suffix,))
         result[name] = queue
     return result
@@ -207,12 +209,7 @@ def resolve_reference(settings: Settings, queue: QueueSettings, key: str) -> Any
     reference = getattr(queue, key)
     module_name, _, attribute = reference.partition(":")
     where = f"{settings.path}: [queues.{queue.name}] {key}"
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(
-            f"{where}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
-        ) from None
+    module = preflight.import_module(module_name, where)
     try:
         return getattr(module, attribute)
     except AttributeError:

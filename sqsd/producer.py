@@ -137,19 +137,26 @@ def configure(path: str | os.PathLike[str] | None = None, **overrides: Any) -> P
 
 def _with_local_endpoint(settings: config_module.Settings) -> config_module.Settings:
     """``endpoint_url = "local"``: the running daemon tells its emulator's URL (inherited
-    environment in its workers, the control socket for other processes)."""
+    environment in its workers, the reply to ``ping`` for other processes: any user who
+    may wake the daemon may ask)."""
     from sqsd.local import use_local_credentials
 
     use_local_credentials()
     url = os.environ.get("SQSD_LOCAL_ENDPOINT", "")
     if not url:
+        socket_path = os.environ.get("SQSD_SOCKET") or settings.socket
         try:
-            url = sqsd_client.Client(settings.socket).config()["sqsd"]["endpoint_url"]
-        except (sqsd_client.DaemonUnavailable, sqsd_client.CommandFailed, KeyError) as exc:
+            url = sqsd_client.Client(socket_path).ping().get("local_endpoint", "")
+        except (sqsd_client.DaemonUnavailable, sqsd_client.CommandFailed) as exc:
             raise ConfigError(
                 f'{settings.path}: [sqsd] endpoint_url: "local" needs a running '
                 f"`sqsd run --local` to reach ({exc})"
             ) from None
+        if not url:
+            raise ConfigError(
+                f'{settings.path}: [sqsd] endpoint_url: "local", but the daemon at '
+                f"{socket_path} runs without the local endpoint"
+            )
     return replace(settings, endpoint_url=url)
 
 

@@ -8,13 +8,12 @@ producers (sqsd.producer) read it.
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqsd import preflight
 from sqsd.config import Settings
-from sqsd.errors import ConfigError
 from sqsd.message import Message
 
 
@@ -74,13 +73,7 @@ def import_receivers(settings: Settings) -> None:
     Queues registered while they import (by modules they import in turn) count too."""
     for module in settings.imports:
         before = set(REGISTRY)
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            raise ConfigError(
-                f"{settings.path}: [sqsd] imports: cannot import {module!r}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
+        preflight.import_module(module, f"{settings.path}: [sqsd] imports")
         IMPORTED_QUEUES.update(set(REGISTRY) - before)
 
 

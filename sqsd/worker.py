@@ -13,7 +13,6 @@ import select
 import signal
 import threading
 import time
-import traceback
 from typing import Any
 
 import setproctitle
@@ -526,33 +525,32 @@ class Worker:
         """Log, record the body, then apply the error policy; True when the message stays."""
         self.slot.add(scoreboard.FAILED)
         policy = self.queue.error_policy
-        self.log.error(
-            "handler failed",
-            message_id=message.id,
-            receive_count=message.receive_count,
-            duration=round(time.monotonic() - started, 4),
-            policy=policy,
-            exc_info=exc,
-        )
+        # One record for the failure: its traceback, body and what happens next.
         recorded = self.failed_log.write(
+            event="handler failed",
+            exc_info=exc,
             queue=self.queue.name,
             suffix=self.spec.suffix,
             message_id=message.id,
             receive_count=message.receive_count,
+            duration=round(time.monotonic() - started, 4),
+            policy=policy,
             error=_describe(exc),
             body=message.body,
         )
         if not recorded or policy == "retry":
             return True
         if policy == "dead-letter":
-            return not self._dead_letter(message, _describe(exc), traceback.format_exc())
+            return not self._dead_letter(message, _describe(exc), announced=True)
         return not self._delete_now(message)
 
-    def _dead_letter(self, message: Message, reason: str, trace: str = "") -> bool:
+    def _dead_letter(self, message: Message, reason: str, *, announced: bool = False) -> bool:
         """Move to the dead-letter queue, or log the body and delete when there is none.
-        False when the message could not be moved (it stays in the queue)."""
+        False when the message could not be moved (it stays in the queue). ``announced``:
+        the failure record said so already, the move itself is only a debug line."""
         if not self.dead_letter_url:
             recorded = self.failed_log.write(
+                event="dropping message",
                 queue=self.queue.name,
                 suffix=self.spec.suffix,
                 message_id=message.id,
@@ -562,7 +560,6 @@ class Worker:
             )
             if not recorded:  # the body's only other copy: keep the message
                 return False
-            self.log.warning("dropping message", message_id=message.id, reason=reason)
             return self._delete_now(message)
         attributes = dict(message.raw.get("MessageAttributes", {}))
         extra = encode_attributes(
@@ -590,7 +587,8 @@ class Worker:
             return False
         self.slot.add(scoreboard.SENDS)
         self.slot.add(scoreboard.DEAD_LETTERED)
-        self.log.warning("dead-lettered", message_id=message.id, reason=reason, trace=trace or None)
+        log = self.log.debug if announced else self.log.warning
+        log("dead-lettered", message_id=message.id, reason=reason)
         return self._delete_now(message)
 
     def _redelay(self, message: Message) -> bool:

@@ -8,6 +8,7 @@ queue's idle worker polls at once. It never raises and gives up within
 
 import contextlib
 import socket
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 # Replies such as status can outgrow the request limit; this only guards memory.
 _MAX_REPLY = 16 * 1024 * 1024
+AUTOWAKE_TIMEOUT = 0.05  # seconds one send's wake-up may take, in total
 
 
 class DaemonUnavailable(Exception):
@@ -43,28 +45,38 @@ def wake(
 
     Returns True when the daemon accepted the wake-up. Returns False, never
     raises, when the daemon is down, slow, or refuses (e.g. an unknown queue).
+    ``timeout`` bounds the whole call (connect, send and reply together).
     """
-    reply = _send_wake(queue, suffix, socket_path, timeout)
+    reply = _send_wake(queue, suffix, socket_path, time.monotonic() + timeout)
     return reply is not None and reply["ok"] is True
 
 
 def _send_wake(
-    queue: str, suffix: str | None, socket_path: str | None, timeout: float
+    queue: str, suffix: str | None, socket_path: str | None, deadline: float
 ) -> dict[str, Any] | None:
-    """The daemon's reply to a wake request, or None when there was none."""
+    """The daemon's reply to a wake request, or None when there was none by ``deadline``."""
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     except OSError:
         return None
     try:
-        sock.settimeout(timeout)
+        sock.settimeout(_left(deadline))
         sock.connect(protocol.socket_path(socket_path))
+        sock.settimeout(_left(deadline))
         sock.sendall(protocol.encode({"cmd": "wake", "queue": queue, "suffix": suffix}))
-        return _read_reply(sock)
+        return _read_reply(sock, deadline)
     except Exception:
         return None
     finally:
         sock.close()
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no reply in time")
+    return left
 
 
 class Client:
@@ -107,7 +119,8 @@ class Client:
     def wait(self, queues: Iterable[str] = (), timeout: float | None = None) -> dict[str, Any]:
         """Wait until ``queues`` (all when empty) are empty and their workers idle.
 
-        The daemon answers ``ok: false`` when ``timeout`` passes first.
+        The daemon answers ``ok: false`` when ``timeout`` passes first (None: the
+        daemon's default, an hour; at most a day).
         """
         request = {
             "cmd": "wait",
@@ -182,11 +195,12 @@ def autowake(sqs_client: Any, queue_prefix: str = "", socket_path: str | None = 
             if target is None:
                 return
             queue, suffix = target
-            reply = _send_wake(queue, suffix, socket_path, 0.05)
+            deadline = time.monotonic() + AUTOWAKE_TIMEOUT  # both tries together
+            reply = _send_wake(queue, suffix, socket_path, deadline)
             # Default queue names contain "__" too ("app.tasks.slow" → "app__tasks__slow"):
             # when the split guessed a suffix the daemon does not know, try the whole name.
             if suffix is not None and reply is not None and not reply["ok"]:
-                _send_wake(f"{queue}__{suffix}", None, socket_path, 0.05)
+                _send_wake(f"{queue}__{suffix}", None, socket_path, deadline)
 
     for operation in ("SendMessage", "SendMessageBatch"):
         events.register(
@@ -219,9 +233,11 @@ def _sent(http_response: Any, parsed: dict[str, Any]) -> bool:
     return "Successful" not in parsed or bool(parsed["Successful"])
 
 
-def _read_reply(sock: socket.socket) -> dict[str, Any]:
+def _read_reply(sock: socket.socket, deadline: float | None = None) -> dict[str, Any]:
     buf = b""
     while True:
+        if deadline is not None:
+            sock.settimeout(_left(deadline))
         chunk = sock.recv(65536)
         if not chunk:
             raise ConnectionError("connection closed before a reply")

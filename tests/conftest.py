@@ -315,3 +315,12 @@ def pytest_runtest_makereport(item, call):
             tail = "\n".join(daemon.log_text().splitlines()[-200:])
             report.sections.append((f"sqsd log {daemon.log_path}", tail))
     return report
+
+
+@pytest.fixture
+def nobody():
+    """Run code as uid 65534 (tests/another_user.py): a real second user, whatever the
+    checkout's location; skipped, with the reason, where that is not possible."""
+    from another_user import other_user
+
+    yield from other_user()

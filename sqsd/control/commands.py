@@ -11,23 +11,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from sqsd import logs
 from sqsd.config import QueueSettings, Settings, as_dict
 from sqsd.control import queries
 from sqsd.control.server import Connection, ControlServer, open_listener
-from sqsd.control.status import status_reply
+from sqsd.control.status import dead_letter_names, status_reply
+from sqsd.redact import redact
 from sqsd.scaling import Sizing
+from sqsd.spelling import did_you_mean
 from sqsd.states import Program, WorkerState
 from sqsd_client.protocol import PROTOCOL_VERSION, error
 
 FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before answering
 WAIT_CHECK_INTERVAL = 1.0
+WAIT_DEFAULT_TIMEOUT = 3600.0  # a `wait` without a timeout gives up after an hour
+WAIT_MAX_TIMEOUT = 86400.0
 
 Reply = dict[str, Any] | None  # None: the command replies later, through its connection
 Handler = Callable[[dict[str, Any], Connection], Reply]
@@ -59,8 +63,6 @@ class Supervisor(Protocol):
 
     @property
     def sizing(self) -> Sizing: ...  # process counts: configured, autoscaled or pinned
-
-    def process_counts(self) -> dict[tuple[str, str], int]: ...
 
     def wake(self, queue: str, suffix: str | None) -> int: ...
 
@@ -199,20 +201,30 @@ class ControlPlane:
     # -- commands -----------------------------------------------------------------------
 
     def ping(self, request: dict[str, Any], conn: Connection) -> Reply:
-        return {
+        reply = {
             "ok": True,
             "pid": self.supervisor.pid,
             "version": PROTOCOL_VERSION,
             "uptime": round(time.monotonic() - self.supervisor.started, 3),
         }
+        # The embedded emulator's loopback URL (no credentials): producers with
+        # endpoint_url = "local" find it here, whoever they run as.
+        local = os.environ.get("SQSD_LOCAL_ENDPOINT")
+        if local:
+            reply["local_endpoint"] = local
+        return reply
 
     def wake(self, request: dict[str, Any], conn: Connection) -> Reply:
         queue, suffix = _string(request, "queue"), request.get("suffix")
         if suffix is not None and not isinstance(suffix, str):
             raise ValueError("suffix must be a string or null")
         settings = self.supervisor.queues.get(queue)
-        if settings is None or (suffix is not None and (suffix or "") not in settings.suffixes):
-            raise KeyError(f"unknown queue {queue!r}" + (f" suffix {suffix!r}" if suffix else ""))
+        if settings is None:
+            hint = did_you_mean(queue, self.supervisor.queues)
+            raise KeyError(f"unknown queue {queue!r}{hint}")
+        if suffix is not None and suffix not in settings.suffixes:
+            hint = did_you_mean(suffix, [s for s in settings.suffixes if s])
+            raise KeyError(f"unknown suffix {suffix!r} of queue {queue!r}{hint}")
         woken = self.supervisor.wake(queue, None if suffix is None else suffix or "")
         return {"ok": True, "woken": woken}
 
@@ -261,15 +273,17 @@ class ControlPlane:
             "socket_mode": f"{settings.socket_mode:04o}",
             "queue_prefix": settings.queue_prefix,
             "region": settings.region,
-            "endpoint_url": _without_credentials(settings.endpoint_url),
+            "endpoint_url": redact(settings.endpoint_url),
             "create_queues": settings.create_queues,
             "log_format": settings.log_format,
+            "log_level": settings.log_level,
             "failed_log": settings.failed_log,
+            "socket_group": settings.socket_group,
+            "max_workers": settings.max_workers,
+            "metrics_listen": settings.metrics_listen,
+            "sqs_price_per_million": settings.sqs_price_per_million,
         }
-        queues = {
-            name: {k: list(v) if isinstance(v, tuple) else v for k, v in as_dict(queue).items()}
-            for name, queue in self.supervisor.queues.items()
-        }
+        queues = {name: effective(queue) for name, queue in self.supervisor.queues.items()}
         return {"ok": True, "sqsd": daemon, "queues": queues}
 
     def clear(self, request: dict[str, Any], conn: Connection) -> Reply:
@@ -283,20 +297,39 @@ class ControlPlane:
             else:
                 conn.reply({"ok": True, "queues": result})
 
-        self.run_query(lambda: queries.clear_queues(settings, url_names, purge), done)
+        query = self.run_query(lambda: queries.clear_queues(settings, url_names, purge), done)
+        conn.when_closed(lambda: self.drop_query(query))  # Ctrl-C on sqsctl clear stops it
         return None
 
     def wait(self, request: dict[str, Any], conn: Connection) -> Reply:
         timeout = request.get("timeout")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        if timeout is None:
+            timeout = WAIT_DEFAULT_TIMEOUT
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout <= WAIT_MAX_TIMEOUT
         ):
-            raise ValueError("timeout must be a number of seconds or null")
+            raise ValueError(
+                f"timeout must be a number of seconds from 0 to {WAIT_MAX_TIMEOUT:g} "
+                f"or null ({WAIT_DEFAULT_TIMEOUT:g})"
+            )
         url_names = self.url_names(request.get("queues") or [])
-        deadline = time.monotonic() + (timeout if timeout is not None else 10 * 365 * 86400)
-        self.waiters.append(Waiter(conn, url_names, deadline))
+        waiter = Waiter(conn, url_names, time.monotonic() + timeout)
+        self.waiters.append(waiter)
+        conn.when_closed(lambda: self.drop_waiter(waiter))  # nobody left to tell
         self.last_wait_check = 0.0  # check at the next turn of the loop
         return None
+
+    def drop_waiter(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
+
+    def drop_query(self, query: Query) -> None:
+        """Stop a query child whose requester has gone (it is reaped as usual)."""
+        if not query.done and query.pid in self.queries:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(query.pid, signal.SIGTERM)
 
     # -- status -------------------------------------------------------------------------
 
@@ -314,6 +347,7 @@ class ControlPlane:
             depths=self.depths,
             depths_age=now - self.depths_at,
             now=now,
+            queue_settings=supervisor.queues,
         )
 
     def refresh_depths(self, then: Callable[[], None]) -> None:
@@ -321,8 +355,9 @@ class ControlPlane:
         self.depth_listeners.append(then)
         if self.depth_query is not None:
             return
-        url_names = self.url_names([])
         settings = self.supervisor.settings
+        dead_letters = dead_letter_names(settings, self.supervisor.queues).values()
+        url_names = list(dict.fromkeys([*self.url_names([]), *dead_letters]))
 
         def done(result: dict[str, Any]) -> None:
             self.depth_query = None
@@ -421,15 +456,28 @@ class ControlPlane:
         """SQS names for ``QUEUE`` or ``QUEUE:SUFFIX`` arguments (all queues when empty)."""
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError("queues must be a list of strings")
-        counts = self.supervisor.process_counts()
+        counts = self.supervisor.sizing.counts
         result = []
         for name in names or [q for q, _ in counts]:
             queue, _, suffix = name.partition(":")
             matches = [(q, s) for q, s in counts if q == queue and (not suffix or s == suffix)]
             if not matches:
-                raise KeyError(f"unknown queue {name!r}")
+                labels = [f"{q}:{s}" if s else q for q, s in counts]
+                raise KeyError(f"unknown queue {name!r}{did_you_mean(name, labels)}")
             result.extend(self.supervisor.settings.queue_url_name(q, s) for q, s in matches)
         return list(dict.fromkeys(result))
+
+
+def effective(queue: QueueSettings) -> dict[str, Any]:
+    """A queue's settings as they act: the keys whose default means "derived" (on_error,
+    max_receives, max_processes) show the value derived, not the empty default."""
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in as_dict(queue).items()}
+    values.update(
+        on_error=queue.error_policy,
+        max_receives=queue.receive_limit,
+        max_processes=queue.process_range[1],
+    )
+    return values
 
 
 def _string(request: dict[str, Any], key: str) -> str:
@@ -437,15 +485,6 @@ def _string(request: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{key} must be a non-empty string")
     return value
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _close_quietly(fd: int) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from sqsd.config import Settings
+from sqsd.config import QueueSettings, Settings
 from sqsd.scaling import Size
 from sqsd.states import SLEEPING_STATES, Program, ProgramState, WorkerState, shown_state
 from sqsd_client.protocol import PROTOCOL_VERSION
@@ -31,15 +31,18 @@ def status_reply(
     depths: Mapping[str, Mapping[str, Any]],
     depths_age: float,
     now: float,
+    queue_settings: Mapping[str, QueueSettings] | None = None,
 ) -> dict[str, Any]:
     """The whole reply. Retired programs still finishing a message show as "stopping"
     until they exit; ``sizes`` are the process counts (autoscaled or pinned), ``depths``
-    the last queue depths fetched, ``depths_age`` ago."""
+    the last queue depths fetched, ``depths_age`` ago, dead-letter queues' included
+    (``queue_settings`` say which queue uses which)."""
     workers = [worker_entry(p, now) for p in programs if not p.retired or p.worker is not None]
+    dead_letter = dead_letter_names(settings, queue_settings or {})
     queues = []
+    users: dict[str, list[str]] = {}  # dead-letter queue -> the queues that send to it
     for (queue, suffix), size in sizes.items():
         url_name = settings.queue_url_name(queue, suffix)
-        depth = depths.get(url_name, {})
         queues.append(
             {
                 "queue": queue,
@@ -51,13 +54,17 @@ def status_reply(
                 "pinned": size.pinned,
                 "scaling_decisions": size.decisions,
                 "last_scaling": scaling_entry(size, now),
-                "visible": depth.get("visible"),
-                "in_flight": depth.get("in_flight"),
-                "delayed": depth.get("delayed"),
-                "depth_error": depth.get("error"),
-                "depth_age": round(depths_age, 1) if depth else None,
+                "dead_letter": dead_letter.get(queue),
+                **depth_fields(depths.get(url_name, {}), depths_age),
             }
         )
+        if queue in dead_letter:
+            label = f"{queue}:{suffix}" if suffix else queue
+            users.setdefault(dead_letter[queue], []).append(label)
+    dead_letters = [
+        {"url_name": name, "queues": sources, **depth_fields(depths.get(name, {}), depths_age)}
+        for name, sources in users.items()
+    ]
     return {
         "ok": True,
         "version": PROTOCOL_VERSION,
@@ -68,6 +75,27 @@ def status_reply(
         "rss": rss(pid),
         "workers": workers,
         "queues": queues,
+        "dead_letters": dead_letters,
+    }
+
+
+def depth_fields(depth: Mapping[str, Any], age: float) -> dict[str, Any]:
+    """A queue's approximate depth as status shows it (None until first fetched)."""
+    return {
+        "visible": depth.get("visible"),
+        "in_flight": depth.get("in_flight"),
+        "delayed": depth.get("delayed"),
+        "depth_error": depth.get("error"),
+        "depth_age": round(age, 1) if depth else None,
+    }
+
+
+def dead_letter_names(settings: Settings, queues: Mapping[str, QueueSettings]) -> dict[str, str]:
+    """The SQS name of each queue's dead-letter queue, for the queues that have one."""
+    return {
+        name: settings.queue_url_name(queue.dead_letter_queue)
+        for name, queue in queues.items()
+        if queue.dead_letter_queue
     }
 
 

@@ -51,6 +51,8 @@ class Profile:
     wake_rate: int
     wake_seconds: float
     flow_messages: int
+    wait_flood_seconds: float  # another user's wait flood (issue #11)
+    wait_flood_connections: int
     # 6. resource limits
     leak_messages: int
     # per test: the longest wait for messages to settle, and pytest-timeout's limit
@@ -67,7 +69,7 @@ SHORT = Profile(
     poison_innocents=60, poison_each=1,
     master_messages=150, hup_seconds=3.0,
     fuzz_seconds=5.0, slow_clients=20, connection_burst=500, wake_rate=10_000,
-    wake_seconds=1.5, flow_messages=100,
+    wake_seconds=1.5, flow_messages=100, wait_flood_seconds=3.0, wait_flood_connections=300,
     leak_messages=12,
     settle=45, timeout=110,
 )
@@ -81,7 +83,7 @@ LONG = Profile(
     poison_innocents=400, poison_each=3,
     master_messages=1000, hup_seconds=10.0,
     fuzz_seconds=60.0, slow_clients=100, connection_burst=1000, wake_rate=10_000,
-    wake_seconds=5.0, flow_messages=500,
+    wake_seconds=5.0, flow_messages=500, wait_flood_seconds=10.0, wait_flood_connections=300,
     leak_messages=40,
     settle=180, timeout=400,
 )

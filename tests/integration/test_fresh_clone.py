@@ -150,7 +150,9 @@ def test_getting_started_runs_as_written(workspace, background):
     log = workspace / "daemon.log"
     daemon = terminal.start(run_block, log)
     background.append(daemon)
-    socket_path = tomllib.loads((quickstart / "sqsd.toml").read_text())["sqsd"]["socket"]
+    # A relative socket (the guide's "sqsd.sock") is relative to the daemon's directory.
+    guide_config = tomllib.loads((quickstart / "sqsd.toml").read_text())
+    socket_path = quickstart / guide_config["sqsd"]["socket"]
     wait_for(lambda: "worker started" in log.read_text() and os.path.exists(socket_path)
              or daemon.poll() is not None, timeout=60, what="the daemon to start")
     assert daemon.poll() is None, log.read_text()

@@ -8,15 +8,17 @@ venvs, and docs/operations.md's host layout run step by step.
   drop-in that `systemd-analyze verify` needs, and an application package imported by the
   `sqsd check` of an unprivileged user (`nobody` standing in for `sqsd`).
 
-operations.md's blocks run as written, inside a scratch root: /opt, /srv, /etc and /var
-are prefixed with it, `runuser -u sqsd` becomes `runuser -u nobody`, `systemctl` is not
-called and `install-units` gets `--dest` (its default is /etc/systemd/system).
+operations.md's blocks run as written, inside a scratch root: /opt, /srv, /etc, /var and
+/run are prefixed with it, `runuser -u sqsd` becomes `runuser -u nobody`, `systemctl` is not
+called and `install-units` gets `--dest` (its default is /etc/systemd/system). Step 1's
+directories come from the shipped sqsd-tmpfiles.conf, owned by `nobody`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import stat
@@ -150,13 +152,30 @@ def scratch_root() -> Iterator[Path]:
 
 def rooted(block: str, root: Path) -> str:
     """A block of operations.md moved under ``root``, for an unprivileged `nobody`."""
-    for top in ("/opt/", "/srv/", "/etc/", "/var/"):
+    for top in ("/opt/", "/srv/", "/etc/", "/var/", "/run/"):
         block = re.sub(rf"(?<![\w./]){top}", f"{root}{top}", block)
     block = block.replace("runuser -u sqsd ", "runuser -u nobody ")
     block = block.replace(
         "sqsd install-units", f"sqsd install-units --dest {root}/etc/systemd/system"
     )
     return re.sub(r"^systemctl .*$", r": \g<0>", block, flags=re.M)
+
+
+def create_tmpfiles_directories(root: Path, owner: str) -> list[Path]:
+    """Step 1's `systemd-tmpfiles --create` under ``root``: the `d` lines of the shipped
+    sqsd-tmpfiles.conf, owned by ``owner`` (standing in for sqsd)."""
+    user = pwd.getpwnam(owner)
+    made = []
+    for line in (REPO / "systemd" / "sqsd-tmpfiles.conf").read_text().splitlines():
+        fields = line.split()
+        if fields[:1] != ["d"]:
+            continue
+        directory = root / fields[1].lstrip("/")
+        directory.mkdir(parents=True)
+        directory.chmod(int(fields[2], 8))
+        os.chown(directory, user.pw_uid, user.pw_gid)
+        made.append(directory)
+    return made
 
 
 def test_operations_layout_installs_the_wheels_and_the_app_for_an_unprivileged_user(
@@ -189,6 +208,9 @@ def test_operations_layout_installs_the_wheels_and_the_app_for_an_unprivileged_u
     run("bash", "-e", "-c", rooted(venv_block, root), cwd=work, env=env)
     venv = root / "opt" / "sqsd" / "venv"
     assert Path(os.path.realpath(venv / "bin" / "python")).is_relative_to("/usr")
+
+    # Step 1's runtime directory (the socket's), from the shipped tmpfiles file.
+    assert create_tmpfiles_directories(root, "nobody") == [root / "run" / "sqsd"]
 
     # Step 4: the configuration, checked by the unprivileged user (the local endpoint stands
     # in for AWS, which the tests cannot reach: it validates and imports, nothing more).

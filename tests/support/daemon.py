@@ -3,6 +3,7 @@ its process titles and raw control requests as well as by its status."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from sqsd.testing_daemon import DaemonProcess, alive
 
@@ -49,6 +52,16 @@ class Daemon(DaemonProcess):
             if match and alive(child):
                 found.append(Worker(child.pid, match["queue"], match["suffix"] or "",
                                     match["state"] or ""))
+        return found
+
+    def query_children(self) -> set[int]:
+        """The master's one-shot children doing SQS work for control requests (queue depths
+        for status and wait, clear): forked from the master, they keep its title."""
+        found = set()
+        for child in self.descendants():
+            with contextlib.suppress(psutil.Error):
+                if " ".join(child.cmdline()).startswith("sqsd: master"):
+                    found.add(child.pid)
         return found
 
     def worker_pids(self, queue: str | None = None, suffix: str | None = None) -> set[int]:

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import sqsd
-from sqsd import cli, units
+from sqsd import cli, sqsctl, units
 from sqsd_client import protocol
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def test_sqsctl_takes_the_socket_from_the_configuration(tmp_path, daemon, how, m
 def test_sqsctl_prefers_explicit_choices_to_the_environment(tmp_path, daemon):
     config = config_with_socket(tmp_path, daemon.path)
     elsewhere = str(tmp_path / "elsewhere.sock")
-    choose = cli.control_socket
+    choose = sqsctl.control_socket
     assert choose(None, None) == protocol.DEFAULT_SOCKET
     assert choose("/x.sock", str(config)) == "/x.sock"
     env = {"SQSD_SOCKET": elsewhere, "SQSD_CONFIG": str(config)}
@@ -146,7 +146,7 @@ def test_an_unreadable_default_file_falls_back_to_the_default_socket(tmp_path, m
     broken = tmp_path / "sqsd.toml"
     broken.write_text("not toml [")
     monkeypatch.setattr(cli.config_module, "DEFAULT_CONFIG_PATH", str(broken))
-    assert cli.control_socket(None, None) == protocol.DEFAULT_SOCKET
+    assert sqsctl.control_socket(None, None) == protocol.DEFAULT_SOCKET
 
 
 def test_install_units_copies_the_shipped_units_and_never_overwrites_a_changed_one(tmp_path):

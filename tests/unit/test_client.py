@@ -1,3 +1,4 @@
+import contextlib
 import json
 import socket
 import threading
@@ -280,3 +281,34 @@ def test_autowake_never_disturbs_the_producer(sqs: tuple[Any, Stubber], tmp_path
     autowake(client, socket_path=str(tmp_path / "missing.sock"))
     stubber.add_response("send_message", SENT)
     assert client.send_message(QueueUrl=QUEUE_URL, MessageBody="hi") == SENT
+
+
+def test_wake_timeout_bounds_the_whole_call(tmp_path: Path) -> None:
+    """A daemon that dribbles its reply a byte at a time, each within the timeout, still
+    costs the producer no more than ``timeout`` in all."""
+    path = tmp_path / "dribble.sock"
+    stop = threading.Event()
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen()
+
+        def dribble() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                for byte in b'{"ok": true, "woken": 1, "pad": "' + b"x" * 200:
+                    if stop.wait(0.02):
+                        return
+                    with contextlib.suppress(OSError):
+                        conn.send(bytes([byte]))
+
+        thread = threading.Thread(target=dribble, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        woken = sqsd_client.wake("q", socket_path=str(path), timeout=0.05)
+        elapsed = time.monotonic() - started
+        stop.set()
+        thread.join(timeout=5)
+
+    assert woken is False
+    assert elapsed < 0.5, f"wake took {elapsed:.2f} s with a 0.05 s budget"

@@ -40,9 +40,6 @@ class Supervisor:
     def __post_init__(self) -> None:
         self.sizing = scaling.Sizing(self.queues)
 
-    def process_counts(self) -> dict[tuple[str, str], int]:
-        return dict(self.sizing.counts)
-
     def wake(self, queue: str, suffix: str | None) -> int:
         self.calls.append(("wake", queue, suffix))
         return 1
@@ -106,8 +103,23 @@ def test_commands_check_their_arguments_before_acting(control):
     assert plane.dispatch({"cmd": "wake", "queue": "nope"}, Conn())["error"] == (
         "wake: unknown queue 'nope'")
     assert plane.dispatch({"cmd": "scale", "queue": "a", "processes": 300}, Conn())["ok"] is False
+    assert plane.dispatch({"cmd": "wake", "queue": "a", "suffix": "bgi"}, Conn())["error"] == (
+        "wake: unknown suffix 'bgi' of queue 'a' (did you mean 'big'?)")
     assert plane.dispatch({"cmd": "reload"}, Conn()) == {"ok": False, "error": "test.toml: broken"}
     assert supervisor.calls == [("wake", "a", "big"), ("reload",)]
+
+
+def test_a_mistyped_queue_gets_the_nearest_name_in_the_reply(control):
+    plane, supervisor = control
+    supervisor.queues = plan.queue_settings(config.parse(
+        {"queues": {"emails": {"receiver": f"{__name__}:handle", "suffixes": ["", "big"]}}}))
+    supervisor.sizing = scaling.Sizing(supervisor.queues)  # the master keeps both together
+    assert plane.dispatch({"cmd": "wake", "queue": "emials"}, Conn())["error"] == (
+        "wake: unknown queue 'emials' (did you mean 'emails'?)")
+    reply = plane.dispatch({"cmd": "wait", "queues": ["emails:bgi"]}, Conn())
+    assert reply["error"] == "wait: unknown queue 'emails:bgi' (did you mean 'emails:big'?)"
+    assert plane.dispatch({"cmd": "clear", "queues": ["zzz"]}, Conn())["error"] == (
+        "clear: unknown queue 'zzz'")
 
 
 def test_status_is_data_and_render_makes_the_table(control):

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from sqsd.control.server import Connection, ControlServer, SocketInUse, open_listener
+from sqsd.control.server import (
+    Connection,
+    ControlServer,
+    SocketInUse,
+    SocketPathError,
+    open_listener,
+)
 from sqsd_client import protocol
 
 BIG = "x" * 100_000
@@ -50,6 +56,8 @@ class Harness:
             return {"ok": True, "data": BIG}
         if cmd == "boom":
             raise RuntimeError("kaboom")
+        if cmd == "leak":
+            return protocol.error("http://user:s3cret@host:1/ is down")
         return protocol.error(f"unknown command {cmd!r}")
 
     def step(self) -> None:
@@ -354,8 +362,9 @@ def test_socket_file_group(tmp_path: Path) -> None:
     listener, _ = open_listener(str(tmp_path / "sqsd.sock"), group=group)
     with listener:
         assert (tmp_path / "sqsd.sock").stat().st_gid == os.getgid()
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(SocketPathError, match="does not exist") as raised:
         open_listener(str(tmp_path / "other.sock"), group="no-such-group-sqsd")
+    assert raised.value.key == "socket_group"
 
 
 def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
@@ -381,8 +390,9 @@ def test_live_socket_raises_socket_in_use(tmp_path: Path) -> None:
 def test_other_file_at_the_path_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "sqsd.sock"
     path.write_text("precious")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(SocketPathError, match="exists and is not a socket") as raised:
         open_listener(str(path))
+    assert raised.value.key == "socket"
     assert path.read_text() == "precious"
 
 
@@ -427,3 +437,126 @@ def test_systemd_socket_activation_uses_fd_3(tmp_path: Path) -> None:
     assert child.returncode == 0, stderr.decode()
     assert report == {"created": False, "fd": 3, "blocking": False, "env": []}
     assert not unused.exists()
+
+
+def test_client_that_hangs_up_during_a_deferred_request_is_dropped_at_once(
+    harness: Harness,
+) -> None:
+    peer = harness.connect()
+    peer.send(b'{"cmd":"later"}\n')
+    harness.until(lambda: harness.deferred)
+    conn = harness.deferred[0]
+    dropped: list[str] = []
+    conn.when_closed(lambda: dropped.append("waiter"))
+
+    peer.sock.close()
+    harness.until(lambda: conn.closed)
+
+    assert dropped == ["waiter"]
+    conn.reply({"ok": True})  # the answer that comes later goes nowhere
+    conn.when_closed(lambda: dropped.append("late"))
+    assert dropped == ["waiter", "late"]
+
+
+def test_half_closed_client_still_gets_its_deferred_reply(harness: Harness) -> None:
+    peer = harness.connect()
+    peer.send(b'{"cmd":"later"}')
+    peer.sock.shutdown(socket.SHUT_WR)  # printf '{"cmd": "wait"}' | nc -U
+    harness.until(lambda: harness.deferred)
+    conn = harness.deferred[0]
+    for _ in range(5):
+        harness.step()
+    harness.server.tick(time.monotonic())
+    assert not conn.closed
+
+    conn.reply({"ok": True, "done": "later"})
+    assert peer.read_line() == {"ok": True, "done": "later"}
+    peer.wait_closed()
+
+
+def test_half_closed_client_that_then_hangs_up_is_dropped_on_tick(harness: Harness) -> None:
+    peer = harness.connect()
+    peer.send(b'{"cmd":"later"}\n')
+    peer.sock.shutdown(socket.SHUT_WR)
+    harness.until(lambda: harness.deferred)
+    conn = harness.deferred[0]
+    harness.until(lambda: conn.half_closed)
+
+    peer.sock.close()
+    harness.server.tick(time.monotonic())
+
+    assert conn.closed
+
+
+def test_input_piled_up_behind_a_deferred_request_closes_the_connection(
+    harness: Harness,
+) -> None:
+    peer = harness.connect()
+    peer.send(b'{"cmd":"later"}\n')
+    harness.until(lambda: harness.deferred)
+    conn = harness.deferred[0]
+
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        peer.send(b'{"cmd":"ping"}\n' * (protocol.MAX_LINE // 15 + 10))
+    harness.until(lambda: conn.closed)
+    assert harness.connect().request({"cmd": "ping"})["pong"]
+
+
+def test_another_users_share_is_full_without_touching_the_privileged_one(
+    make_harness: Callable[..., Harness],
+) -> None:
+    # This process plays "another user": privileged is only a uid nobody here has.
+    h = make_harness(per_uid_connections=2, privileged_uids=frozenset({2**31 - 2}))
+    first, second = h.connect(), h.connect()
+    first.send(b'{"cmd":"later"}\n')
+    second.send(b'{"cmd":"later"}\n')
+    h.until(lambda: len(h.deferred) == 2)
+
+    third = h.connect()
+
+    assert third.read_line() == {"ok": False, "error": "too many connections"}
+    assert not any(conn.privileged for conn in h.seen)
+
+
+def test_privileged_peers_are_counted_apart(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness(per_uid_connections=1)
+    peers = [h.connect() for _ in range(3)]
+    for peer in peers:
+        peer.send(b'{"cmd":"later"}\n')
+    h.until(lambda: len(h.deferred) == 3)
+
+    assert all(conn.privileged and conn.peer_uid == os.getuid() for conn in h.deferred)
+    assert h.connect().request({"cmd": "ping"})["pong"]
+
+
+def test_replies_are_redacted(harness: Harness) -> None:
+    reply = harness.connect().request({"cmd": "leak"})
+
+    assert reply == {"ok": False, "error": "http://***@host:1/ is down"}
+
+
+def test_long_socket_path_without_room_for_a_temporary_name(tmp_path: Path) -> None:
+    base = str(tmp_path) + "/"
+    if len(base) > 90:
+        pytest.skip("temporary directory path too long for this test")
+    path = base + "s" * (100 - len(base))
+    listener, created = open_listener(path, mode=0o600)
+    with listener, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        assert created
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        client.connect(path)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "too long", "parent is a file"])
+def test_socket_path_problems_name_the_key(tmp_path: Path, kind: str) -> None:
+    if kind == "symlink":
+        path = tmp_path / "sqsd.sock"
+        path.symlink_to(tmp_path / "elsewhere.sock")
+    elif kind == "too long":
+        path = tmp_path / ("s" * 120)
+    else:
+        (tmp_path / "file").write_text("")
+        path = tmp_path / "file" / "sqsd.sock"
+    with pytest.raises(SocketPathError) as raised:
+        open_listener(str(path))
+    assert raised.value.key == "socket"

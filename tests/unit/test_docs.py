@@ -226,3 +226,19 @@ def test_the_guides_have_runnable_examples() -> None:
     for name in ("getting-started.md", "api.md", "migration.md"):
         runnable = [b for b in blocks(DOCS / name) if b.language == "python" and b.runs]
         assert runnable, f"docs/{name} has no runnable python example"
+
+
+SHARED_TMP_SOCKET = re.compile(r"/tmp/[\w.-]*\.sock\b")
+
+
+def test_no_example_puts_the_control_socket_in_a_shared_directory() -> None:
+    """Another local user could take a name in /tmp first (issue #11): the demo, the example
+    configuration and the docs use a private directory."""
+    root = DOCS.parent
+    files = [*DOCS.glob("*.md"), root / "README.md", *root.glob("etc/*.toml"),
+             root / "etc" / "demo.py"]
+    found = [f"{path.relative_to(root)}:{number}: {line.strip()}"
+             for path in files if path.exists()
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if SHARED_TMP_SOCKET.search(line)]
+    assert not found, "\n".join(found)
