@@ -450,7 +450,7 @@ def peers(bench: Bench) -> list[Row]:
 
 
 def scenario_label() -> str:
-    """``N peers``: N is this scenario's place in the run's list (run.py registers it last)."""
+    """``N peers``: N is its place in the run's list (run.py registers it after 1 to 8)."""
     names = list(SCENARIOS)
     return f"{names.index('peers') + 1} peers" if "peers" in names else "peers"
 

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `sqsd` import
 import boto3  # noqa: E402
 import psutil  # noqa: E402
 
-from bench import emulator  # noqa: E402
+from bench import autoscale, emulator  # noqa: E402
 from bench.events import EventSink  # noqa: E402
 from bench.peers import METHOD as PEERS_METHOD  # noqa: E402
 from bench.peers import peers  # noqa: E402
@@ -36,6 +36,8 @@ from bench.scenarios import METHODS, SCENARIOS, Bench  # noqa: E402
 
 SCENARIOS["peers"] = peers  # bench/peers.py: dramatiq and Celery beside sqsd
 METHODS["peers"] = PEERS_METHOD
+SCENARIOS["autoscale"] = autoscale.autoscale  # bench/autoscale.py
+METHODS["autoscale"] = autoscale.METHOD
 NAMES = list(SCENARIOS)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import setproctitle
 
-from sqsd import children, logs, notify, plan, preflight, scoreboard
+from sqsd import children, logs, notify, plan, preflight, scaling, scoreboard
 from sqsd import config as config_module
 from sqsd.config import Settings
 from sqsd.control.commands import ControlPlane
@@ -66,7 +66,6 @@ class Master:
     local_endpoint: str = ""  # URL of the embedded endpoint `sqsd run` started, if any
     local_only: bool = False  # `sqsd run --local`: whatever endpoint_url says
     programs: dict[plan.Key, Program] = field(default_factory=dict)
-    scale_overrides: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.log = logs.get("sqsd.master")
@@ -85,6 +84,7 @@ class Master:
         self.poked = False  # the wanted set changed: supervise at the next turn
         self.supervised = 0.0  # when supervision last ran
         self.queues = plan.queue_settings(self.settings, self.only_queues, self.only_suffix)
+        self.sizing = scaling.Sizing(self.queues, self.settings.max_workers)  # counts, autoscaling
         # One table says which signals the master catches and what each one does.
         self.signal_handlers: dict[int, Callable[[], None]] = {
             signal.SIGTERM: self.handle_sigterm,
@@ -118,7 +118,7 @@ class Master:
         self.loop.catch_signals(self.signal_handlers)
         self.control.start()
         setproctitle.setproctitle(f"sqsd: master -c {self.config_path}")
-        wanted = plan.wanted(self.settings, self.queues, self.scale_overrides)
+        wanted = plan.wanted(self.settings, self.queues, self.sizing.counts)
         self.programs = {key: Program(spec) for key, spec in wanted.items()}
         if not self.programs:
             self.log.warning("no queues to run: configure [queues.NAME] or register receivers")
@@ -151,6 +151,7 @@ class Master:
         self.handle_signals()
         self.reap_workers()
         self.murder_workers()
+        self.autoscale()
         self.manage_workers()
         self.control.tick(now)
         self.report_health()
@@ -199,9 +200,8 @@ class Master:
         now = time.monotonic()
         if not self.stopping_since:
             self.stopping_since = now
-            timeout = max(
-                (p.spec.queue.graceful_timeout for p in self.programs.values()), default=0
-            )
+            timeouts = [p.spec.queue.graceful_timeout for p in self.programs.values()]
+            timeout = max(timeouts, default=0)
             self.graceful_deadline = now + timeout
             self.notifier.send("STOPPING=1")
             self.log.info("stopping", quick=quick, graceful_timeout=timeout, reason=reason or None)
@@ -248,7 +248,8 @@ class Master:
             settings = resolve_local(
                 config_module.load(self.config_path), self.local_endpoint, forced=self.local_only
             )
-            queues, wanted = plan.prepare(settings, self.only_queues, self.only_suffix)
+            counts = self.sizing.counts  # a reload keeps them, within the new ranges
+            queues, wanted = plan.prepare(settings, self.only_queues, self.only_suffix, counts)
             preflight.check(settings, queues, socket=False)
         except ConfigError as exc:
             self.log.error("reload failed; keeping the running configuration", error=str(exc))
@@ -257,36 +258,36 @@ class Master:
         if settings.socket != self.settings.socket:
             self.log.warning("socket changes need a restart; keeping", socket=self.settings.socket)
             settings = replace(settings, socket=self.settings.socket)
-        changes = plan.diff(
-            self.running_specs(),
-            wanted,
-            environment_changed=(
-                plan.worker_environment(settings) != plan.worker_environment(self.settings)
-            ),
-        )
-        if (settings.log_format, settings.log_level) != (
-            self.settings.log_format,
-            self.settings.log_level,
-        ):
-            logs.configure(settings.log_format, settings.log_level)
+        moved = plan.worker_environment(settings) != plan.worker_environment(self.settings)
+        changes = plan.diff(self.running_specs(), wanted, environment_changed=moved)
+        logging = (settings.log_format, settings.log_level)
+        if logging != (self.settings.log_format, self.settings.log_level):
+            logs.configure(*logging)
         self.settings, self.queues = settings, queues
-        self.scale_overrides.clear()
+        self.sizing.reload(queues, settings.max_workers)  # drops `sqsctl scale` pins
         self.apply(changes, wanted, stop_reason="removed by reload", second_chance=True)
         self.log.info("configuration reloaded", workers=len(self.active_programs()))
         self.notifier.send("READY=1")
         return None
 
     def scale(self, queue: str, suffix: str, processes: int) -> int:
-        """Change the number of processes of one queue and suffix until the next reload."""
-        queue_settings = self.queues.get(queue)
-        if queue_settings is None:
-            raise KeyError(f"unknown queue {queue!r}")
-        if suffix not in queue_settings.suffixes:
-            raise KeyError(f"queue {queue!r} has no suffix {suffix!r}")
-        self.scale_overrides[(queue, suffix)] = processes
-        wanted = plan.wanted(self.settings, self.queues, self.scale_overrides)
-        self.apply(plan.diff(self.running_specs(), wanted), wanted, stop_reason="scaled down")
+        """Pin the processes of one queue and suffix (`sqsctl scale`) until the next reload."""
+        self.resize(self.sizing.pin(queue, suffix, processes, time.monotonic()))
         return processes
+
+    def autoscale(self) -> None:
+        """Carry out the scaling policy's decisions (sqsd.scaling decides; see there)."""
+        for decision in [] if self.stopping else self.sizing.step(self.programs, time.monotonic()):
+            self.resize(decision)
+
+    def resize(self, decision: scaling.Decision) -> None:
+        """Log a new count and re-plan; the worker a decision names is the one that stops."""
+        self.log.info("scaling decision", **decision.log_fields())
+        if decision.worker is not None:  # it takes the index that goes
+            scaling.make_last(self.programs, (*decision.key, decision.worker), decision.after)
+        wanted = plan.wanted(self.settings, self.queues, self.sizing.counts)
+        reason = f"scaled {decision}"  # "scaled 3→2: worker 2 idle 61s"
+        self.apply(plan.diff(self.running_specs(), wanted), wanted, stop_reason=reason)
 
     def running_specs(self) -> dict[plan.Key, WorkerSpec]:
         return {key: program.spec for key, program in self.programs.items()}
@@ -314,7 +315,7 @@ class Master:
                 program.state = ProgramState.STARTING
         for key in changes.keep:
             program = self.programs[key]
-            program.retired = False  # wanted again while a change was stopping it
+            program.spec, program.retired = wanted[key], False  # wanted again, if stopping
             if second_chance and program.state in (ProgramState.FATAL, ProgramState.BACKOFF):
                 program.state, program.failures = ProgramState.STARTING, 0
         for key in changes.start:
@@ -322,11 +323,8 @@ class Master:
         self.poked = True
 
     def scale_all(self, delta: int) -> None:
-        for (queue, suffix), count in self.process_counts().items():
+        for (queue, suffix), count in list(self.sizing.counts.items()):
             self.scale(queue, suffix, max(0, count + delta))
-
-    def process_counts(self) -> dict[tuple[str, str], int]:
-        return plan.process_counts(self.queues, self.scale_overrides)
 
     def active_programs(self) -> list[Program]:
         return [p for p in self.programs.values() if not p.retired]
@@ -436,9 +434,8 @@ class Master:
         code = exit_code_when_done(self.active_programs())
         if code is not None:
             self.exit_code = code
-            self.begin_stop(
-                quick=False, reason="all done" if code == EXIT_OK else "every queue is fatal"
-            )
+            reason = "all done" if code == EXIT_OK else "every queue is fatal"
+            self.begin_stop(quick=False, reason=reason)
 
     def murder_workers(self) -> None:
         """Abort (stack dump) then kill workers stuck on one message or silent too long."""
@@ -459,6 +456,7 @@ class Master:
 
     def wake(self, queue: str, suffix: str | None) -> int:
         """Wake the workers of ``queue`` (one suffix, or all); returns how many."""
+        self.sizing.wake(queue, suffix)  # a queue autoscaled down to no worker starts one
         workers = [
             p.worker
             for p in self.programs.values()

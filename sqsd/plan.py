@@ -20,7 +20,15 @@ from sqsd.message import Message
 from sqsd.registry import REGISTRY, import_receivers, registered_queues
 
 Key = tuple[str, str, int]  # (queue, suffix, index)
-Overrides = Mapping[tuple[str, str], int]  # processes per (queue, suffix), from `sqsctl scale`
+Overrides = Mapping[tuple[str, str], int]  # processes per (queue, suffix): scaled or pinned
+# Queue keys only the master reads: a reload that changes them restarts no worker.
+MASTER_ONLY_KEYS = (
+    "processes",
+    "max_processes",
+    "scale_up_interval",
+    "scale_down_after",
+    "priority",
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ def diff(
     for key, spec in running.items():
         if key not in wanted:
             stop.append(key)
-        elif environment_changed or wanted[key] != spec:
+        elif environment_changed or not same_worker(wanted[key], spec):
             restart.append(key)
         else:
             keep.append(key)
@@ -76,14 +84,51 @@ def diff(
     return Changes(tuple(stop), tuple(start), tuple(restart), tuple(keep))
 
 
+def same_worker(a: WorkerSpec, b: WorkerSpec) -> bool:
+    """Whether a worker started from spec ``a`` runs as ``b`` asks: the keys only the
+    master reads (how many processes, autoscaling) make no difference to a worker."""
+    blank = dict.fromkeys(MASTER_ONLY_KEYS, 0)
+    return replace(a, queue=replace(a.queue, **blank)) == replace(
+        b, queue=replace(b.queue, **blank)
+    )
+
+
 def prepare(
-    settings: Settings, only_queues: tuple[str, ...] = (), only_suffix: str | None = None
+    settings: Settings,
+    only_queues: tuple[str, ...] = (),
+    only_suffix: str | None = None,
+    running: Overrides | None = None,
 ) -> tuple[dict[str, QueueSettings], dict[Key, WorkerSpec]]:
     """Import the receivers, then plan: the queues to run and the wanted specs, every
-    handler resolved. Raises ConfigError, naming the file and key, on any problem."""
+    handler resolved; ``running`` (a reload) carries the counts that run into the new
+    ranges. Raises ConfigError, naming the file and key, on any problem."""
     import_receivers(settings)
     queues = queue_settings(settings, only_queues, only_suffix)
-    return queues, wanted(settings, queues)
+    check_budget(settings, queues)
+    return queues, wanted(settings, queues, carried(queues, running or {}))
+
+
+def check_budget(settings: Settings, queues: Mapping[str, QueueSettings]) -> None:
+    """``max_workers`` must leave every queue and suffix its ``processes``."""
+    fewest = sum(queue.processes * len(queue.suffixes) for queue in queues.values())
+    if settings.max_workers and fewest > settings.max_workers:
+        raise ConfigError(
+            f"{settings.path}: [sqsd] max_workers: expected 0 (no limit) or at least {fewest}, "
+            f"the processes of every queue and suffix added up; got {settings.max_workers}"
+        )
+
+
+def carried(queues: Mapping[str, QueueSettings], counts: Overrides) -> dict[tuple[str, str], int]:
+    """Processes per (queue, suffix) for new settings: a count that runs stays, within its
+    new range (a reload does not undo autoscaling); a new one starts at ``processes``."""
+    result = {}
+    for queue in queues.values():
+        low, high = queue.process_range
+        for suffix in queue.suffixes:
+            result[(queue.name, suffix)] = min(
+                max(counts.get((queue.name, suffix), low), low), high
+            )
+    return result
 
 
 def queue_settings(

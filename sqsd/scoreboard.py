@@ -27,17 +27,21 @@ COUNTERS = (
 )
 MESSAGE_ID_SIZE = 80
 
-# state, heartbeat, state_since, message_started, idle_until, counters, message id
-_LAYOUT = struct.Struct(f"<B7xdddd{len(COUNTERS)}Q{MESSAGE_ID_SIZE}s")
+# state, heartbeat, state_since, message_started, idle_until, counters, message id, and
+# what the last receive returned: messages, oldest age, idle since (autoscaling's signals)
+_LAYOUT = struct.Struct(f"<B7xdddd{len(COUNTERS)}Q{MESSAGE_ID_SIZE}sQdd")
 _HEAD = struct.Struct("<B7xdd")  # state, heartbeat, state_since
 _FLOAT = struct.Struct("<d")
 _COUNTER = struct.Struct("<Q")
 _MESSAGE_ID = struct.Struct(f"<{MESSAGE_ID_SIZE}s")
+_RECEIVED = struct.Struct("<Qdd")  # last batch, its oldest message's age, idle since
 _HEARTBEAT_AT = 8
+_STATE_SINCE_AT = 16
 _MESSAGE_STARTED_AT = 24
 _IDLE_UNTIL_AT = 32
 _COUNTERS_AT = 40
 _MESSAGE_ID_AT = _COUNTERS_AT + 8 * len(COUNTERS)
+_RECEIVED_AT = _MESSAGE_ID_AT + MESSAGE_ID_SIZE
 SLOT_SIZE = 256
 assert _LAYOUT.size <= SLOT_SIZE
 
@@ -75,8 +79,10 @@ class Slot:
 
     def reset(self) -> None:
         now = time.monotonic()
+        counters = [0] * len(COUNTERS)
+        # A new worker counts as idle from its start until its first receive brings work.
         _LAYOUT.pack_into(
-            self.memory, self.offset, 0, now, now, 0.0, 0.0, *([0] * len(COUNTERS)), b""
+            self.memory, self.offset, 0, now, now, 0.0, 0.0, *counters, b"", 0, 0.0, now
         )
 
     def set_state(self, state: WorkerState, *, idle_until: float = 0.0) -> None:
@@ -96,6 +102,19 @@ class Slot:
     def end_message(self) -> None:
         _FLOAT.pack_into(self.memory, self.offset + _MESSAGE_STARTED_AT, 0.0)
 
+    def received(self, count: int, oldest_age: float) -> None:
+        """A receive returned ``count`` messages, the oldest of them ``oldest_age`` seconds
+        after it was sent. The age is kept only when the receive before also returned
+        messages: after an idle sleep, a message's wait says nothing about a backlog. The
+        first empty receive after work marks the start of idling: when that poll began."""
+        at = self.offset + _RECEIVED_AT
+        (previous, _, _) = _RECEIVED.unpack_from(self.memory, at)
+        if count:
+            _RECEIVED.pack_into(self.memory, at, count, oldest_age if previous else 0.0, 0.0)
+        elif previous:
+            (poll_started,) = _FLOAT.unpack_from(self.memory, self.offset + _STATE_SINCE_AT)
+            _RECEIVED.pack_into(self.memory, at, 0, 0.0, poll_started)
+
     def add(self, counter: int, amount: int = 1) -> None:
         """Add to counter number ``counter`` (an index into COUNTERS)."""
         at = self.offset + _COUNTERS_AT + 8 * counter
@@ -107,7 +126,7 @@ class Slot:
             self.memory, self.offset
         )
         counters = dict(zip(COUNTERS, rest[: len(COUNTERS)], strict=True))
-        message_id = rest[-1].rstrip(b"\0").decode(errors="replace")
+        message_id, last_batch, oldest_age, idle_since = rest[len(COUNTERS) :]
         return SlotView(
             WorkerState.from_byte(state),
             heartbeat,
@@ -115,7 +134,10 @@ class Slot:
             started,
             idle_until,
             counters,
-            message_id if started else "",
+            message_id.rstrip(b"\0").decode(errors="replace") if started else "",
+            last_batch,
+            oldest_age,
+            idle_since,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -51,6 +52,18 @@ def batches(
     for start in range(0, len(items), MAX_BATCH):
         chunk = items[start : start + MAX_BATCH]
         yield chunk, [{"Id": str(i), **entry(item)} for i, item in enumerate(chunk)]
+
+
+def oldest_age(messages: Sequence[dict[str, Any]]) -> float:
+    """Seconds the oldest of ``messages`` received for the first time had waited since it
+    was sent (``SentTimestamp``); 0 when none says. Redeliveries are left out: their age is
+    their retry history, not a backlog."""
+    sent = []
+    for message in messages:
+        attributes = message.get("Attributes") or {}
+        if attributes.get("ApproximateReceiveCount") == "1" and "SentTimestamp" in attributes:
+            sent.append(int(attributes["SentTimestamp"]) / 1000)
+    return max(0.0, time.time() - min(sent)) if sent else 0.0
 
 
 def encode_attributes(attributes: dict[str, Any]) -> dict[str, dict[str, Any]]:

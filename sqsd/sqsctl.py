@@ -293,7 +293,7 @@ def shutdown(ctx: click.Context, quick: bool) -> None:
 @click.argument("processes", type=click.IntRange(0, 256))
 @click.pass_context
 def scale(ctx: click.Context, target: str, processes: int) -> None:
-    """Run N processes for QUEUE[:SUFFIX] until the next reload."""
+    """Pin QUEUE[:SUFFIX] to N processes, autoscaling aside, until the next reload."""
     queue, suffix = split_target(target)
     reply = call(ctx, "scale", queue=queue, suffix=suffix or None, processes=processes)
     emit(ctx, reply, f"{target}: {reply['processes']} processes")

@@ -93,6 +93,9 @@ class SlotView:
     idle_until: float
     counters: dict[str, int]
     message_id: str
+    last_batch: int = 0  # messages the last receive returned
+    oldest_age: float = 0.0  # seconds its oldest had waited (0: unknown, or after idling)
+    idle_since: float = 0.0  # while last_batch is 0: since when receives come back empty
 
 
 class Slot(Protocol):

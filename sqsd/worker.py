@@ -32,6 +32,7 @@ from sqsd.sqs import (
     is_missing_queue,
     make_client,
     max_delay,
+    oldest_age,
 )
 from sqsd.states import WorkerState
 
@@ -372,6 +373,7 @@ class Worker:
         self.error_sleep = 0.0
         self.slot.add(scoreboard.RECEIVES)
         messages = response.get("Messages", [])
+        self.slot.received(len(messages), oldest_age(messages))  # autoscaling's signals
         if not messages:
             self.slot.add(scoreboard.EMPTY_RECEIVES)
         return messages

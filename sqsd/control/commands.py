@@ -23,6 +23,7 @@ from sqsd.control import queries
 from sqsd.control.server import Connection, ControlServer, open_listener
 from sqsd.control.status import dead_letter_names, status_reply
 from sqsd.redact import redact
+from sqsd.scaling import Sizing
 from sqsd.spelling import did_you_mean
 from sqsd.states import Program, WorkerState
 from sqsd_client.protocol import PROTOCOL_VERSION, error
@@ -60,7 +61,8 @@ class Supervisor(Protocol):
     @property
     def stopping(self) -> bool: ...
 
-    def process_counts(self) -> dict[tuple[str, str], int]: ...
+    @property
+    def sizing(self) -> Sizing: ...  # process counts: configured, autoscaled or pinned
 
     def wake(self, queue: str, suffix: str | None) -> int: ...
 
@@ -341,7 +343,7 @@ class ControlPlane:
             stopping=supervisor.stopping,
             settings=supervisor.settings,
             programs=supervisor.programs.values(),
-            process_counts=supervisor.process_counts(),
+            sizes=supervisor.sizing.sizes(),
             depths=self.depths,
             depths_age=now - self.depths_at,
             now=now,
@@ -454,7 +456,7 @@ class ControlPlane:
         """SQS names for ``QUEUE`` or ``QUEUE:SUFFIX`` arguments (all queues when empty)."""
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError("queues must be a list of strings")
-        counts = self.supervisor.process_counts()
+        counts = self.supervisor.sizing.counts
         result = []
         for name in names or [q for q, _ in counts]:
             queue, _, suffix = name.partition(":")

@@ -47,21 +47,24 @@ def render_status(
 ) -> str:
     """The status reply as aligned tables for people: workers grouped by queue and suffix,
     then queue depths with each queue's dead-letter queue. Within ``width`` columns long
-    names are shortened with an ellipsis (``width=None``: everything in full)."""
+    names are shortened with an ellipsis (``width=None``: everything in full). A third
+    table, when a queue autoscales or was scaled, gives each one's last scaling decision."""
     paint = paint or _plain
     header = f"sqsd pid {status['pid']}  up {duration(status['uptime'])}  config "
     header += shorten(status["config"], (width or 10**6) - len(header), middle=True)
     if status.get("stopping"):
         header += "  " + paint("STOPPING", "yellow")
-    return "\n".join(
-        [
-            header,
-            "",
-            table(WORKER_COLUMNS, [_worker_row(w) for w in _grouped(status)], width, paint),
-            "",
-            table(QUEUE_COLUMNS, _queue_rows(status), width, paint),
-        ]
-    )
+    sections = [
+        header,
+        "",
+        table(WORKER_COLUMNS, [_worker_row(w) for w in _grouped(status)], width, paint),
+        "",
+        table(QUEUE_COLUMNS, _queue_rows(status), width, paint),
+    ]
+    scaling_rows = _scaling_rows(status)
+    if scaling_rows:
+        sections += ["", table(SCALING_COLUMNS, scaling_rows, width, paint)]
+    return "\n".join(sections)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,10 @@ QUEUE_COLUMNS = (
     Column("IN FLIGHT", numeric=True),
     Column("DELAYED", numeric=True),
     Column("AGE", numeric=True),
+)
+SCALING_COLUMNS = (
+    Column("QUEUE", shrink_to=10),
+    Column("LAST SCALING", shrink_to=20, middle=False, first=True),
 )
 STATE_COLOURS = {
     WorkerState.BUSY.label: "green",
@@ -147,13 +154,31 @@ def _queue_rows(status: dict[str, Any]) -> list[list[Cell]]:
     last_user = {q.get("dead_letter"): i for i, q in enumerate(status["queues"])}
     rows: list[list[Cell]] = []
     for i, q in enumerate(status["queues"]):
-        rows.append([_label(q), q["url_name"], str(q["processes"]), *_depth_cells(q, False)])
+        rows.append([_label(q), q["url_name"], _processes(q), *_depth_cells(q, False)])
         dead_letter = dead_letters.get(q.get("dead_letter") or "")
         if dead_letter is not None and last_user[dead_letter["url_name"]] == i:
             owners = dict.fromkeys(label.partition(":")[0] for label in dead_letter["queues"])
             label = ",".join(owners) + " DLQ"
             rows.append([label, dead_letter["url_name"], "-", *_depth_cells(dead_letter, True)])
     return rows
+
+
+def _processes(queue: dict[str, Any]) -> str:
+    """A queue's process count: "3 (1-8)" when autoscaling, "2 pinned" after `sqsctl scale`."""
+    count = str(queue["processes"])
+    if queue.get("pinned"):
+        return f"{count} pinned"
+    low, high = queue.get("min_processes"), queue.get("max_processes")
+    return f"{count} ({low}-{high})" if high is not None and high != low else count
+
+
+def _scaling_rows(status: dict[str, Any]) -> list[list[Cell]]:
+    """Each queue's last scaling decision and how long ago (queues never scaled: none)."""
+    return [
+        [_label(q), f"{duration(last['seconds_ago'])} ago {last['text']}"]
+        for q in status["queues"]
+        if (last := q.get("last_scaling"))
+    ]
 
 
 def _depth_cells(entry: dict[str, Any], dead_letter: bool) -> list[Cell]:

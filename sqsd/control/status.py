@@ -5,12 +5,14 @@ How it is shown to people is sqsd.control.render's business.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psutil
 
 from sqsd.config import QueueSettings, Settings
+from sqsd.scaling import Size
 from sqsd.states import SLEEPING_STATES, Program, ProgramState, WorkerState, shown_state
 from sqsd_client.protocol import PROTOCOL_VERSION
 
@@ -25,27 +27,33 @@ def status_reply(
     stopping: bool,
     settings: Settings,
     programs: Iterable[Program],
-    process_counts: Mapping[QueueKey, int],
+    sizes: Mapping[QueueKey, Size],
     depths: Mapping[str, Mapping[str, Any]],
     depths_age: float,
     now: float,
     queue_settings: Mapping[str, QueueSettings] | None = None,
 ) -> dict[str, Any]:
     """The whole reply. Retired programs still finishing a message show as "stopping"
-    until they exit; ``depths`` are the last queue depths fetched, ``depths_age`` ago,
-    dead-letter queues' included (``queue_settings`` say which queue uses which)."""
+    until they exit; ``sizes`` are the process counts (autoscaled or pinned), ``depths``
+    the last queue depths fetched, ``depths_age`` ago, dead-letter queues' included
+    (``queue_settings`` say which queue uses which)."""
     workers = [worker_entry(p, now) for p in programs if not p.retired or p.worker is not None]
     dead_letter = dead_letter_names(settings, queue_settings or {})
     queues = []
     users: dict[str, list[str]] = {}  # dead-letter queue -> the queues that send to it
-    for (queue, suffix), processes in process_counts.items():
+    for (queue, suffix), size in sizes.items():
         url_name = settings.queue_url_name(queue, suffix)
         queues.append(
             {
                 "queue": queue,
                 "suffix": suffix,
                 "url_name": url_name,
-                "processes": processes,
+                "processes": size.current,
+                "min_processes": size.minimum,
+                "max_processes": size.maximum,
+                "pinned": size.pinned,
+                "scaling_decisions": size.decisions,
+                "last_scaling": scaling_entry(size, now),
                 "dead_letter": dead_letter.get(queue),
                 **depth_fields(depths.get(url_name, {}), depths_age),
             }
@@ -88,6 +96,22 @@ def dead_letter_names(settings: Settings, queues: Mapping[str, QueueSettings]) -
         name: settings.queue_url_name(queue.dead_letter_queue)
         for name, queue in queues.items()
         if queue.dead_letter_queue
+    }
+
+
+def scaling_entry(size: Size, now: float) -> dict[str, Any] | None:
+    """The last change of a queue's process count (autoscaling or `sqsctl scale`), or None."""
+    decision = size.last
+    if decision is None:
+        return None
+    ago = max(0.0, now - decision.at)
+    return {
+        "from": decision.before,
+        "to": decision.after,
+        "reason": decision.reason,
+        "text": str(decision),  # "2→3: all busy, receives full"
+        "seconds_ago": round(ago, 1),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - ago)),
     }
 
 

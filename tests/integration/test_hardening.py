@@ -54,7 +54,10 @@ selector = selectors.DefaultSelector()
 for _ in range(count):
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(path)
-    conn.sendall(b'{"cmd": "wait"}\\n')
+    try:
+        conn.sendall(b'{"cmd": "wait"}\\n')
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused and closed before our request went: its reply is still there to read
     conns.append(conn)
     selector.register(conn, selectors.EVENT_READ)
 quiet_since = time.monotonic()

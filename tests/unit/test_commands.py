@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sqsd import config, plan
+from sqsd import config, plan, scaling
 from sqsd.control.commands import ControlPlane
 from sqsd.control.render import render_status
 from sqsd.loop import EventLoop
@@ -37,8 +37,8 @@ class Supervisor:
     stopping: bool = False
     calls: list = field(default_factory=list)
 
-    def process_counts(self) -> dict[tuple[str, str], int]:
-        return plan.process_counts(self.queues)
+    def __post_init__(self) -> None:
+        self.sizing = scaling.Sizing(self.queues)
 
     def wake(self, queue: str, suffix: str | None) -> int:
         self.calls.append(("wake", queue, suffix))
@@ -113,6 +113,7 @@ def test_a_mistyped_queue_gets_the_nearest_name_in_the_reply(control):
     plane, supervisor = control
     supervisor.queues = plan.queue_settings(config.parse(
         {"queues": {"emails": {"receiver": f"{__name__}:handle", "suffixes": ["", "big"]}}}))
+    supervisor.sizing = scaling.Sizing(supervisor.queues)  # the master keeps both together
     assert plane.dispatch({"cmd": "wake", "queue": "emials"}, Conn())["error"] == (
         "wake: unknown queue 'emials' (did you mean 'emails'?)")
     reply = plane.dispatch({"cmd": "wait", "queues": ["emails:bgi"]}, Conn())
@@ -133,3 +134,26 @@ def test_status_is_data_and_render_makes_the_table(control):
     assert [(q["url_name"], q["processes"]) for q in reply["queues"]] == [("a", 1), ("a__big", 1)]
     table = render_status(reply)
     assert "a:big" in table and "crashloop retry" in table and "exited 1" in table
+
+
+def test_status_shows_each_queues_range_pin_and_last_scaling_within_100_columns(control):
+    plane, supervisor = control
+    supervisor.queues = plan.queue_settings(config.parse({"queues": {
+        "a": {"receiver": f"{__name__}:handle", "suffixes": ["", "big"], "max_processes": 8}}},
+        "test.toml"))
+    supervisor.sizing = scaling.Sizing(supervisor.queues)
+    why = "max_workers budget: for a-queue-with-a-rather-long-name:and-suffix (priority 1000)"
+    supervisor.sizing.record(scaling.Decision("a", "", 3, 2, why, at=0.0, worker=2))
+    supervisor.sizing.pin("a", "big", 4, now=0.0)
+    reply = plane.dispatch({"cmd": "status"}, Conn())
+    plain, big = reply["queues"]
+    assert (plain["processes"], plain["min_processes"], plain["max_processes"]) == (2, 1, 8)
+    assert (plain["pinned"], plain["scaling_decisions"]) == (False, 1)
+    assert plain["last_scaling"]["text"] == f"3→2: {why}"
+    assert (big["processes"], big["pinned"], big["last_scaling"]["reason"]) == (
+        4, True, "pinned by sqsctl scale")
+    table = render_status(reply)
+    assert "2 (1-8)" in table and "4 pinned" in table
+    scaling_lines = table.split("LAST SCALING")[1].splitlines()
+    assert all(len(line) <= 100 for line in scaling_lines)
+    assert scaling_lines[1].endswith("…") and "3→2: max_workers budget" in scaling_lines[1]

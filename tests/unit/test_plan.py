@@ -100,9 +100,18 @@ def test_removed_added_and_resized_queues_stop_and_start():
     changes = plan.diff(running, specs(a={}, c={}, d={}))
     assert changes.stop == (("a", "", 1), ("b", "", 0))
     assert changes.start == (("c", "", 0),)
-    assert changes.keep == (("d", "", 0),)
-    # processes is a queue setting like any other: the worker that stays restarts
-    assert changes.restart == (("a", "", 0),)
+    # processes is the master's business: the worker that stays runs on undisturbed
+    assert changes.keep == (("a", "", 0), ("d", "", 0))
+    assert changes.restart == ()
+
+
+def test_keys_only_the_master_reads_restart_no_worker():
+    running = specs(a={}, b={})
+    master_only = {"max_processes": 4, "scale_up_interval": 1, "scale_down_after": 5,
+                   "priority": 3}
+    changes = plan.diff(running, specs(a=master_only, b={"processes": 2}))
+    assert (changes.keep, changes.start, changes.restart) == (
+        (("a", "", 0), ("b", "", 0)), (("b", "", 1),), ())
 
 
 def test_changed_queue_settings_restart_that_queue_only():

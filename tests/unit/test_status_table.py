@@ -3,7 +3,7 @@ suffix, dead-letter queues in the depth table; and the status data those come fr
 
 from __future__ import annotations
 
-from sqsd import config, plan
+from sqsd import config, plan, scaling
 from sqsd.control.render import render_status
 from sqsd.control.status import status_reply
 from sqsd.states import Program
@@ -96,7 +96,7 @@ def test_status_data_lists_each_dead_letter_queue_with_its_depth():
     programs = [Program(spec) for spec in plan.wanted(settings, queues).values()]
     reply = status_reply(
         pid=1, config_path="x.toml", uptime=1.0, stopping=False, settings=settings,
-        programs=programs, process_counts=plan.process_counts(queues),
+        programs=programs, sizes=scaling.Sizing(queues).sizes(),
         depths={"p_a_dead": {"visible": 3, "in_flight": 1, "delayed": 0}, "p_a": {"visible": 0}},
         depths_age=0.5, now=0.0, queue_settings=queues,
     )
