@@ -1,6 +1,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Tests mostly wait on timeouts and real processes: four at a time; the chaos suite, which
+# measures latencies, runs alone after them.
+TEST_PROCESSES ?= 4
 
 .PHONY: test chaos demo lint bench clean dist fresh-clone-test systemd-test
 
@@ -16,7 +19,8 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) tests --ignore=tests/chaos
+	$(PY) -m pytest -q tests/chaos
 
 # The reliability suite with the issue's full numbers (the short form runs in `make test`);
 # figures in tests/chaos/last-run.json.
