@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqsd import logs
+from sqsd import __version__, logs, metrics
 from sqsd.config import QueueSettings, Settings, as_dict
 from sqsd.control import queries
-from sqsd.control.server import Connection, ControlServer, open_listener
+from sqsd.control.http import ListenError, MetricsListener
+from sqsd.control.server import Connection, ControlServer, SocketPathError, open_listener
 from sqsd.control.status import dead_letter_names, status_reply
 from sqsd.redact import redact
 from sqsd.spelling import did_you_mean
@@ -31,6 +32,7 @@ FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before ans
 WAIT_CHECK_INTERVAL = 1.0
 WAIT_DEFAULT_TIMEOUT = 3600.0  # a `wait` without a timeout gives up after an hour
 WAIT_MAX_TIMEOUT = 86400.0
+METRICS_DEPTHS_AFTER = 10.0  # a scrape refreshes queue depths older than this (2 SQS calls)
 
 Reply = dict[str, Any] | None  # None: the command replies later, through its connection
 Handler = Callable[[dict[str, Any], Connection], Reply]
@@ -59,6 +61,9 @@ class Supervisor(Protocol):
 
     @property
     def stopping(self) -> bool: ...
+
+    @property
+    def totals(self) -> metrics.Totals: ...  # what exited workers counted, and more
 
     def process_counts(self) -> dict[tuple[str, str], int]: ...
 
@@ -123,16 +128,19 @@ class ControlPlane:
         self.loop = loop
         self.log = logs.get("sqsd.master", component="control")
         self.server: ControlServer | None = None
+        self.http: MetricsListener | None = None
         self.queries: dict[int, Query] = {}
         self.depths: dict[str, dict[str, Any]] = {}
         self.depths_at = 0.0
         self.depth_query: Query | None = None
+        self.queue_urls: dict[str, str] = {}  # SQS name -> URL: depth queries skip GetQueueUrl
         self.depth_listeners: list[Callable[[], None]] = []
         self.waiters: list[Waiter] = []
         self.last_wait_check = 0.0
         self.commands: dict[str, Command] = {
             "ping": Command(self.ping),
             "status": Command(self.status),
+            "metrics": Command(self.metrics),
             "wake": Command(self.wake),
             "wait": Command(self.wait),
             "clear": Command(self.clear, privileged=True),
@@ -153,11 +161,21 @@ class ControlPlane:
             self.dispatch,
             unlink_path=settings.socket if created else None,
         )
+        if settings.metrics_listen:
+            try:
+                self.http = MetricsListener(
+                    settings.metrics_listen, self.loop.selector, self.scrape
+                )
+            except ListenError as exc:
+                raise SocketPathError("metrics_listen", str(exc)) from None
+            self.log.info("metrics listening", address=settings.metrics_listen)
 
     def close_in_child(self) -> None:
         """In a forked child: close inherited sockets and pipes, touch nothing on disk."""
         if self.server is not None:
             self.server.close_in_child()
+        if self.http is not None:
+            self.http.close_in_child()
         for query in self.queries.values():
             if query.fd >= 0:
                 _close_quietly(query.fd)
@@ -166,12 +184,17 @@ class ControlPlane:
         for waiter in self.waiters:
             waiter.conn.reply(error("daemon stopping"))
         self.waiters.clear()
+        if self.http is not None:
+            self.http.close()
+            self.http = None
         if self.server is not None:
             self.server.close()
 
     def tick(self, now: float) -> None:
         assert self.server is not None
         self.server.tick(now)
+        if self.http is not None:
+            self.http.tick(now)
         due = now - self.last_wait_check >= WAIT_CHECK_INTERVAL
         if self.waiters and due and self.depth_query is None:
             self.last_wait_check = now
@@ -224,6 +247,8 @@ class ControlPlane:
             hint = did_you_mean(suffix, [s for s in settings.suffixes if s])
             raise KeyError(f"unknown suffix {suffix!r} of queue {queue!r}{hint}")
         woken = self.supervisor.wake(queue, None if suffix is None else suffix or "")
+        for woken_suffix in settings.suffixes if suffix is None else [suffix]:
+            self.supervisor.totals.woken((queue, woken_suffix))
         return {"ok": True, "woken": woken}
 
     def status(self, request: dict[str, Any], conn: Connection) -> Reply:
@@ -241,6 +266,43 @@ class ControlPlane:
         self.refresh_depths(answer)
         self.loop.call_at(deadline, answer)
         return None
+
+    def metrics(self, request: dict[str, Any], conn: Connection) -> Reply:
+        """The scrape as text: OpenMetrics, or Prometheus text with ``"format":
+        "prometheus"``."""
+        fmt = request.get("format", "openmetrics")
+        if fmt not in ("openmetrics", "prometheus"):
+            raise ValueError('format must be "openmetrics" or "prometheus"')
+        text, content_type = self.exposition(openmetrics=fmt == "openmetrics")
+        return {"ok": True, "content_type": content_type, "text": text.decode()}
+
+    def scrape(self, accept: str) -> tuple[bytes, str]:
+        """An HTTP scrape (``metrics_listen``), in the format its Accept header asks for."""
+        return self.exposition(openmetrics=metrics.wants_openmetrics(accept))
+
+    def exposition(self, *, openmetrics: bool) -> tuple[bytes, str]:
+        supervisor = self.supervisor
+        now = time.monotonic()
+        if now - self.depths_at > METRICS_DEPTHS_AFTER and self.depth_query is None:
+            # After this reply goes out: the fork must not delay it.
+            self.loop.call_at(now, lambda: self.refresh_depths(lambda: None))
+        programs = supervisor.programs.values()
+        snapshot = metrics.Snapshot(
+            tallies=supervisor.totals.now(programs),
+            states=metrics.worker_states(programs),
+            depths=metrics.depths_by_key(self.depths, self.url_name_keys()),
+            depths_age=now - self.depths_at,
+            price_per_million=supervisor.settings.sqs_price_per_million,
+            start_time=metrics.wall_clock(supervisor.started),
+            version=__version__,
+        )
+        return metrics.exposition(snapshot, openmetrics=openmetrics)
+
+    def url_name_keys(self) -> dict[str, metrics.QueueKey]:
+        supervisor = self.supervisor
+        return metrics.url_name_keys(
+            supervisor.settings, supervisor.queues, supervisor.process_counts()
+        )
 
     def reload(self, request: dict[str, Any], conn: Connection) -> Reply:
         failure = self.supervisor.reload()
@@ -334,7 +396,7 @@ class ControlPlane:
     def status_now(self) -> dict[str, Any]:
         supervisor = self.supervisor
         now = time.monotonic()
-        return status_reply(
+        reply = status_reply(
             pid=supervisor.pid,
             config_path=supervisor.config_path,
             uptime=now - supervisor.started,
@@ -347,6 +409,8 @@ class ControlPlane:
             now=now,
             queue_settings=supervisor.queues,
         )
+        tallies = supervisor.totals.now(supervisor.programs.values())
+        return metrics.annotate_status(reply, tallies, supervisor.settings.sqs_price_per_million)
 
     def refresh_depths(self, then: Callable[[], None]) -> None:
         """Fetch queue depths in a child (joining one under way); ``then`` runs when done."""
@@ -359,6 +423,7 @@ class ControlPlane:
 
         def done(result: dict[str, Any]) -> None:
             self.depth_query = None
+            self.count_requests(result)
             if "error" not in result or len(result) > 1:
                 self.depths = result
                 self.depths_at = time.monotonic()
@@ -366,7 +431,26 @@ class ControlPlane:
             for listener in listeners:
                 listener()
 
-        self.depth_query = self.run_query(lambda: queries.queue_depths(settings, url_names), done)
+        urls = dict(self.queue_urls)
+        self.depth_query = self.run_query(
+            lambda: queries.queue_depths(settings, url_names, urls), done
+        )
+
+    def count_requests(self, depths: dict[str, Any]) -> None:
+        """Add the SQS requests a depth query made to the totals of the queues it asked;
+        remember the URLs it found."""
+        keys = self.url_name_keys()
+        for name, depth in depths.items():
+            if not isinstance(depth, dict):
+                continue
+            url = depth.pop("url", None)
+            if url:
+                self.queue_urls[name] = url
+            elif "error" in depth:
+                self.queue_urls.pop(name, None)  # looked up again next time
+            for action, count in (depth.pop("requests", None) or {}).items():
+                if name in keys:
+                    self.supervisor.totals.requested(keys[name], action, count)
 
     def check_waiters(self) -> None:
         busy = {

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sqsd import config, plan
+from sqsd import config, metrics, plan
 from sqsd.control.commands import ControlPlane
 from sqsd.control.render import render_status
 from sqsd.loop import EventLoop
@@ -36,6 +36,7 @@ class Supervisor:
     programs: dict = field(default_factory=dict)
     stopping: bool = False
     calls: list = field(default_factory=list)
+    totals: metrics.Totals = field(default_factory=metrics.Totals)
 
     def process_counts(self) -> dict[tuple[str, str], int]:
         return plan.process_counts(self.queues)
