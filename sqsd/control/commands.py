@@ -167,6 +167,7 @@ class ControlPlane:
                     settings.metrics_listen, self.loop.selector, self.scrape
                 )
             except ListenError as exc:
+                self.close()  # nothing starts: the socket file goes too
                 raise SocketPathError("metrics_listen", str(exc)) from None
             self.log.info("metrics listening", address=settings.metrics_listen)
 
