@@ -105,19 +105,22 @@ def render(status: dict[str, Any], rates: Rates, width: int, error: str = "") ->
     header = (
         f"sqsd pid {status.get('pid')}  up {duration(status.get('uptime'))}  "
         f"{sum(1 for w in status.get('workers', []) if w.get('pid'))} workers  "
+        f"depths {_age(queues)} old  q quits"
+    )
+    figures = (
         f"{_rate(sum(t[0] for t in known) if known else None)} msg/s  "
         f"{_count(sum(t[1] for t in known) if known else None)} SQS calls/h  "
         f"${_dollars(sum(t[2] for t in known) if known else None)}/h  "
-        f"depths {_age(queues)} old  q quits"
+        f"${_dollars(sum(q.get('cost') or 0.0 for q in queues))} since start"
     )
-    lines: list[Line] = [(header[:width], None)]
+    lines: list[Line] = [(header[:width], None), (figures[:width], None)]
     if error:
         lines.append((shorten(error, width, middle=False), "red"))
     if status.get("stopping"):
         lines.append(("STOPPING", "yellow"))
     lines.append(("", None))
     rows = [["QUEUE", "PROCS", "MSG/S", "DONE", "FAILED", "DLQ", "BACKLOG", "IN FLIGHT",
-             "DELAYED", "CALLS/H", "$/H", "$ TOTAL"]]  # fmt: skip
+             "DELAYED", "CALLS/H", "$/H"]]  # fmt: skip
     for q, rate in zip(queues, totals, strict=True):
         done = q.get("totals") or {}
         rows.append([
@@ -125,8 +128,12 @@ def render(status: dict[str, Any], rates: Rates, width: int, error: str = "") ->
             _count(done.get("processed")), _count(done.get("failed")),
             _count(done.get("dead_lettered")), _count(q.get("visible")),
             _count(q.get("in_flight")), _count(q.get("delayed")),
-            _count(rate and rate[1]), _dollars(rate and rate[2]), _dollars(q.get("cost")),
+            _count(rate and rate[1]), _dollars(rate and rate[2]),
         ])  # fmt: skip
+    for d in status.get("dead_letters", []):  # their backlog is what waits for a person
+        owners = ",".join(dict.fromkeys(label.partition(":")[0] for label in d["queues"]))
+        rows.append([f"{owners} DLQ", "-", "-", "-", "-", "-", _count(d.get("visible")),
+                     _count(d.get("in_flight")), _count(d.get("delayed")), "-", "-"])  # fmt: skip
     lines += [(text, None) for text in _table(rows, width)]
     lines.append(("", None))
     rows = [["WORKER", "PID", "STATE", "FOR", "MESSAGE", "AGE", "MSG/S", "DONE", "FAILED",
@@ -191,6 +198,8 @@ def _count(value: float | None) -> str:
 def _dollars(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 0.01:
+        return f"{value:.6f}"
     return f"{value:.4f}" if value < 100 else f"{value:,.0f}"
 
 
