@@ -104,7 +104,7 @@ def render(status: dict[str, Any], rates: Rates, width: int, error: str = "") ->
     known = [t for t in totals if t is not None]
     header = (
         f"sqsd pid {status.get('pid')}  up {duration(status.get('uptime'))}  "
-        f"{sum(1 for w in status.get('workers', []) if w.get('pid'))} workers  "
+        f"{_plural(sum(1 for w in status.get('workers', []) if w.get('pid')), 'worker')}  "
         f"depths {_age(queues)} old  q quits"
     )
     figures = (
@@ -177,6 +177,10 @@ def _table(rows: list[list[str]], width: int, text: tuple[int, ...] = (0,)) -> l
 def _worker_order(queues: list[dict[str, Any]]) -> Callable[[dict[str, Any]], tuple[int, int]]:
     order = {(q["queue"], q["suffix"]): i for i, q in enumerate(queues)}
     return lambda w: (order.get((w["queue"], w["suffix"]), len(order)), w.get("index", 0))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _label(entry: dict[str, Any]) -> str:
