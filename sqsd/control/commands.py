@@ -32,7 +32,7 @@ FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before ans
 WAIT_CHECK_INTERVAL = 1.0
 WAIT_DEFAULT_TIMEOUT = 3600.0  # a `wait` without a timeout gives up after an hour
 WAIT_MAX_TIMEOUT = 86400.0
-METRICS_DEPTHS_AFTER = 10.0  # a scrape refreshes queue depths older than this (2 SQS calls)
+METRICS_DEPTHS_AFTER = 30.0  # a scrape refreshes queue depths older than this (SQS calls)
 
 Reply = dict[str, Any] | None  # None: the command replies later, through its connection
 Handler = Callable[[dict[str, Any], Connection], Reply]
@@ -274,19 +274,28 @@ class ControlPlane:
         fmt = request.get("format", "openmetrics")
         if fmt not in ("openmetrics", "prometheus"):
             raise ValueError('format must be "openmetrics" or "prometheus"')
-        text, content_type = self.exposition(openmetrics=fmt == "openmetrics")
-        return {"ok": True, "content_type": content_type, "text": text.decode()}
 
-    def scrape(self, accept: str) -> tuple[bytes, str]:
-        """An HTTP scrape (``metrics_listen``), in the format its Accept header asks for."""
-        return self.exposition(openmetrics=metrics.wants_openmetrics(accept))
+        def done(text: bytes, content_type: str) -> None:
+            conn.reply({"ok": True, "content_type": content_type, "text": text.decode()})
 
-    def exposition(self, *, openmetrics: bool) -> tuple[bytes, str]:
+        self.render_metrics(fmt == "openmetrics", done)
+        return None
+
+    def scrape(self, accept: str, done: metrics.Done) -> None:
+        """An HTTP scrape (``metrics_listen``), in the format its Accept header asks for,
+        redacted as every reply is."""
+        openmetrics = metrics.wants_openmetrics(accept)
+        self.render_metrics(openmetrics, done, lambda text: redact(text.decode()).encode())
+
+    def render_metrics(
+        self, openmetrics: bool, done: metrics.Done, each: Callable[[bytes], bytes] | None = None
+    ) -> None:
+        """Take a snapshot now; render it over the next turns of the loop (never one long
+        block), then ``done(text, content type)``."""
         supervisor = self.supervisor
         now = time.monotonic()
         if now - self.depths_at > METRICS_DEPTHS_AFTER and self.depth_query is None:
-            # After this reply goes out: the fork must not delay it.
-            self.loop.call_at(now, lambda: self.refresh_depths(lambda: None))
+            self.refresh_depths(lambda: None)  # for the next scrape: this one takes what is known
         programs = supervisor.programs.values()
         snapshot = metrics.Snapshot(
             tallies=supervisor.totals.now(programs),
@@ -297,7 +306,13 @@ class ControlPlane:
             start_time=metrics.wall_clock(supervisor.started),
             version=__version__,
         )
-        return metrics.exposition(snapshot, openmetrics=openmetrics)
+        metrics.exposition_in_turns(
+            snapshot,
+            openmetrics=openmetrics,
+            later=lambda step: self.loop.call_at(time.monotonic(), step),
+            done=done,
+            **({"each": each} if each else {}),
+        )
 
     def url_name_keys(self) -> dict[str, metrics.QueueKey]:
         supervisor = self.supervisor

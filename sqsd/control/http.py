@@ -7,7 +7,8 @@ most ``MAX_CONNECTIONS`` at once (a newcomer closes the oldest one still sending
 request, else it is turned away), and every connection closed ``TIMEOUT`` seconds after it
 was accepted, answered or not. A slow or hostile client costs a descriptor and a reply's
 bytes for a few seconds, never the supervision loop. Anything but ``GET /metrics`` is a
-404. Every response is redacted, as every control reply is.
+404. The body comes later (``render`` works over several turns of the loop); it is
+redacted by whoever renders it, as every control reply is.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import socket
 import time
 from collections.abc import Callable
 
-from sqsd.redact import redact
-
 log = logging.getLogger("sqsd.control")
 
 MAX_HEAD = 8192
@@ -29,8 +28,8 @@ TIMEOUT = 10.0
 _ACCEPT_BATCH = 16
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 
-# accept header -> (body, content type)
-Render = Callable[[str], tuple[bytes, str]]
+# (accept header, done): renders the metrics, then calls done(body, content type)
+Render = Callable[[str, Callable[[bytes, str], None]], None]
 
 
 class ListenError(OSError):
@@ -133,14 +132,14 @@ class HttpConnection:
         self._outbuf = b""
         self._sent = 0
         self._closed = False
-        self._events = selectors.EVENT_READ
-        listener._selector.register(sock, self._events, self.on_ready)
+        self._events = 0
+        self._watch(selectors.EVENT_READ)
 
     def on_ready(self) -> None:
         try:
-            if self.answered:
+            if self._outbuf:
                 self._send()
-            else:
+            elif not self.answered:
                 self._receive()
         except Exception:
             log.exception("metrics: connection failed")
@@ -150,9 +149,21 @@ class HttpConnection:
         if self._closed:
             return
         self._closed = True
-        self._listener._selector.unregister(self.sock)
+        self._watch(0)
         self.sock.close()
         self._listener._forget(self)
+
+    def _watch(self, events: int) -> None:
+        selector = self._listener._selector
+        if events == self._events:
+            return
+        if not self._events:
+            selector.register(self.sock, events, self.on_ready)
+        elif not events:
+            selector.unregister(self.sock)
+        else:
+            selector.modify(self.sock, events, self.on_ready)
+        self._events = events
 
     def _receive(self) -> None:
         try:
@@ -173,26 +184,33 @@ class HttpConnection:
             if len(self._inbuf) > MAX_HEAD:
                 self._answer(431, "Request Header Fields Too Large", b"request head too long\n")
             return
-        self._answer(*self._respond(bytes(self._inbuf[:end])))
+        self._respond(bytes(self._inbuf[:end]))
 
-    def _respond(self, head: bytes) -> tuple[int, str, bytes, str]:
+    def _respond(self, head: bytes) -> None:
         lines = head.decode("latin-1").splitlines()
         parts = lines[0].split() if lines else []
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            return 400, "Bad Request", b"bad request\n", "text/plain; charset=utf-8"
+            self._answer(400, "Bad Request", b"bad request\n")
+            return
         method, target, _ = parts
         if method != "GET" or target.partition("?")[0] != "/metrics":
-            return 404, "Not Found", b"only GET /metrics here\n", "text/plain; charset=utf-8"
+            self._answer(404, "Not Found", b"only GET /metrics here\n")
+            return
         accept = ""
         for line in lines[1:]:
             name, _, value = line.partition(":")
             if name.strip().lower() == "accept":
                 accept = value.strip()
-        body, content_type = self._listener._render(accept)
-        return 200, "OK", redact(body.decode()).encode(), content_type
+        self.answered = True  # no longer evicted to make room; TIMEOUT still applies
+        self._watch(0)  # nothing to read or write until the body is ready
+        self._listener._render(accept, self._rendered)
+
+    def _rendered(self, body: bytes, content_type: str) -> None:
+        if not self._closed:
+            self._answer(200, "OK", body, content_type)
 
     def _answer(
-        self, code: int, reason: str, body: bytes, content_type: str = "text/plain"
+        self, code: int, reason: str, body: bytes, content_type: str = "text/plain; charset=utf-8"
     ) -> None:
         self.answered = True
         head = (
@@ -201,9 +219,8 @@ class HttpConnection:
         )
         self._outbuf = head.encode() + body
         self._send()
-        if not self._closed and self._events != selectors.EVENT_WRITE:
-            self._events = selectors.EVENT_WRITE
-            self._listener._selector.modify(self.sock, self._events, self.on_ready)
+        if not self._closed:
+            self._watch(selectors.EVENT_WRITE)
 
     def _send(self) -> None:
         while self._sent < len(self._outbuf):
