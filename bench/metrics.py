@@ -9,15 +9,17 @@ and without a scrape every second.
 
 from __future__ import annotations
 
+import json
 import statistics
-import threading
+import subprocess
+import sys
 import time
 import urllib.request
 from typing import Any
 
 import sqsd_client
-from bench.daemon import Daemon
-from bench.queues import DepthWatch
+from bench.daemon import REPO, Daemon
+from bench.queues import DepthWatch, wait_empty
 from bench.report import Row, spread
 from bench.scenarios import SCENARIOS, Bench, Drain, count_of, fill_split, timed_drain, worker_cpu
 from sqsd.local import free_port
@@ -116,6 +118,18 @@ def scrape_http(port: int) -> float:
     return 1000 * (time.perf_counter() - started)
 
 
+SCRAPER = """
+import json, sys, time
+from bench.metrics import scrape_http
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+took, deadline = [], time.monotonic() + seconds
+while time.monotonic() < deadline:
+    took.append(scrape_http(port))
+    time.sleep(1.0)
+print(json.dumps(took))
+"""
+
+
 def pings(path: str, seconds: float, every: float = 0.02) -> list[float]:
     """Ping round trips (ms), one every ``every`` seconds for ``seconds``."""
     client = sqsd_client.Client(path, timeout=5)
@@ -133,7 +147,13 @@ def scrapes(bench: Bench) -> list[Row]:
     count = 200 if bench.quick else 500
     window = 20.0 if bench.quick else 60.0
     port = free_port()
-    with daemon(bench, FIFTY, sqsd={"metrics_listen": f"127.0.0.1:{port}"}) as process:
+    listen = {"metrics_listen": f"127.0.0.1:{port}"}
+    # No handler events: fifty first-message datagrams would fill the sink's queue.
+    with daemon(bench, FIFTY, sqsd=listen, env={"SQSD_BENCH_EVENTS": ""}) as process:
+        # Every queue handles messages first: its counters and histograms hold values.
+        urls = [bench.queues.urls[name] for name in FIFTY]
+        fill_split(bench, urls, 20 * len(urls))
+        wait_empty(bench.client, urls)
         time.sleep(2)
         path = process.socket_path
         client = sqsd_client.Client(path, timeout=10)
@@ -146,20 +166,17 @@ def scrapes(bench: Bench) -> list[Row]:
             ctl_ms.append(1000 * (time.perf_counter() - started))
 
         quiet = pings(path, window)
-        stop = threading.Event()
-        scraped: list[float] = []
-
-        def every_second() -> None:
-            while not stop.wait(1.0):
-                scraped.append(scrape_http(port))
-
-        scraper = threading.Thread(target=every_second, daemon=True)
-        scraper.start()
+        # The scraper is a process of its own: in a thread here it would hold the GIL
+        # while it reads a scrape, and delay the pings it is meant to leave alone.
+        scraper = subprocess.Popen(
+            [sys.executable, "-c", SCRAPER, str(port), str(window)],
+            stdout=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
         try:
             busy = pings(path, window)
         finally:
-            stop.set()
-            scraper.join()
+            out, _ = scraper.communicate(timeout=window + 30)
+        scraped = json.loads(out or "[]")
     http_figures, ctl_figures = spread(http_ms), spread(ctl_ms)
     quiet_figures, busy_figures = spread(quiet), spread(busy)
     scenario = label()
@@ -187,9 +204,10 @@ METHOD = (
     "(a) One worker, no-op handler, drains N pre-filled messages (scenario 1's timing: from "
     "the worker's first message to the queue seen empty), with metrics on and with "
     "SQSD_BENCH_NO_OBSERVE=1 (no histogram observations, no payload-chunk counting), "
-    "taking turns, 3 runs each (--quick) or 5; medians. The raw column is 'off'. (b) 50 idle "
-    "workers (9 queues × 5, 5 × 1) with metrics_listen: N sequential GET /metrics "
-    "(OpenMetrics, urllib, new connection each) and N `metrics` control requests, timed "
-    "from the client. (c) Ping round trips every 20 ms for a window without, then with a "
-    "GET /metrics every second from another thread (the raw column is without)."
+    "taking turns, 3 runs each (--quick) or 5; medians. The raw column is 'off'. (b) 50 "
+    "workers (9 queues × 5, 5 × 1; each queue first drains 20 messages, so every series "
+    "holds values) with metrics_listen: N sequential GET /metrics (OpenMetrics, urllib, a "
+    "new connection each) and N `metrics` control requests, timed from the client. (c) Ping "
+    "round trips every 20 ms for a window without, then with a GET /metrics every second "
+    "from another process (the raw column is without)."
 )

@@ -286,13 +286,34 @@ class _One:
 _EOF = b"# EOF\n"
 
 
-def _render(family: Metric, openmetrics: bool) -> bytes:
+SLICE = 64  # samples rendered in one turn of the loop (well under a millisecond)
+
+
+def _render(family: Metric, start: int, stop: int | None, openmetrics: bool) -> bytes:
+    """The text of ``family``'s samples ``start:stop``; only the first slice of a family
+    carries its HELP, TYPE and UNIT lines, so the slices add up to the family's text."""
+    part = Metric(family.name, family.documentation, family.type, family.unit)
+    part.samples = family.samples[start:stop]
     # Every name here is a plain Prometheus name, which ALLOWUTF8 writes as it is: the same
     # text as the default escaping, without its character-by-character pass over each
     # sample's name (most of a scrape's time with prometheus_client 0.26).
     if openmetrics:
-        return openmetrics_text(_One(family), escaping=ALLOWUTF8)[: -len(_EOF)]  # type: ignore[arg-type]
-    return prometheus_text(_One(family), escaping=ALLOWUTF8)  # type: ignore[arg-type]
+        text = openmetrics_text(_One(part), escaping=ALLOWUTF8)[: -len(_EOF)]  # type: ignore[arg-type]
+    else:
+        text = prometheus_text(_One(part), escaping=ALLOWUTF8)  # type: ignore[arg-type]
+    if start:
+        while text.startswith(b"# "):
+            text = text.partition(b"\n")[2]
+    return text
+
+
+def _slices(families: list[Metric]) -> list[tuple[Metric, int, int | None]]:
+    """Each family cut into runs of at most SLICE samples (a family without samples: one)."""
+    return [
+        (family, start, start + SLICE)
+        for family in families
+        for start in range(0, max(1, len(family.samples)), SLICE)
+    ]
 
 
 def content_type(openmetrics: bool) -> str:
@@ -302,7 +323,8 @@ def content_type(openmetrics: bool) -> str:
 def exposition(snapshot: Snapshot, *, openmetrics: bool = True) -> tuple[bytes, str]:
     """The scrape's text and its content type, at once: OpenMetrics 1.0, or Prometheus
     text 0.0.4 for scrapers that do not ask for OpenMetrics."""
-    text = b"".join(_render(f, openmetrics) for f in Collector(snapshot).collect())
+    slices = _slices(list(Collector(snapshot).collect()))
+    text = b"".join(_render(*piece, openmetrics=openmetrics) for piece in slices)
     return text + (_EOF if openmetrics else b""), content_type(openmetrics)
 
 
@@ -314,17 +336,17 @@ def exposition_in_turns(
     done: Done,
     each: Callable[[bytes], bytes] = lambda text: text,
 ) -> None:
-    """The same text as ``exposition``, rendered one family per turn of the master's loop
+    """The same text as ``exposition``, rendered SLICE samples per turn of the master's loop
     (``later(step)`` runs ``step`` at the next turn): with 50 workers a whole scrape takes
-    the loop about 10 ms, one family at most a few, so a ping or a wake-up that comes in
-    meanwhile waits for one family, not for the scrape. ``each`` transforms every family's
-    text (redaction); ``done(text, content type)`` gets the whole."""
-    families = list(Collector(snapshot).collect())
+    the loop about 10 ms, one slice well under one, so a ping or a wake-up that comes in
+    meanwhile waits for a slice, not for the scrape. ``each`` transforms every slice's text
+    (redaction: a slice holds whole lines); ``done(text, content type)`` gets the whole."""
+    slices = _slices(list(Collector(snapshot).collect()))
     chunks: list[bytes] = []
 
     def step() -> None:
-        chunks.append(each(_render(families[len(chunks)], openmetrics)))
-        if len(chunks) < len(families):
+        chunks.append(each(_render(*slices[len(chunks)], openmetrics=openmetrics)))
+        if len(chunks) < len(slices):
             later(step)
         else:
             done(b"".join(chunks) + (_EOF if openmetrics else b""), content_type(openmetrics))
