@@ -146,7 +146,7 @@ def render(status: dict[str, Any], rates: Rates, width: int, error: str = "") ->
             _label(w), str(w.get("pid") or "-"), w.get("state", "?"),
             duration(w.get("state_seconds")),
             (w.get("message_id") or "")[:8] if busy else "-",
-            f"{w.get('message_seconds', 0):.1f}s" if busy else "-",
+            _seconds(w.get("message_seconds", 0.0)) if busy else "-",
             _rate(rate and rate[0]), _count(w.get("processed")), _count(w.get("failed")),
             _count(w.get("restarts")), _count(rate and rate[1]),
             _dollars(rate and rate[1] * price / 1e6),
@@ -205,6 +205,10 @@ def _dollars(value: float | None) -> str:
     if value < 0.01:
         return f"{value:.6f}"
     return f"{value:.4f}" if value < 100 else f"{value:,.0f}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s" if value < 10 else duration(value)
 
 
 def _age(queues: list[dict[str, Any]]) -> str:
