@@ -165,7 +165,7 @@ def test_totals_survive_their_workers(harness):
 AS_OTHER_USER = """
 import sys
 import sqsd_client
-sys.stdout.write(sqsd_client.Client(sys.argv[1]).call("metrics")["text"])
+sys.stdout.write(sqsd_client.Client(sys.argv[1]).metrics()["text"])
 """
 
 
