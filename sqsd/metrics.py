@@ -134,6 +134,24 @@ class Totals:
         """The master (a queue-depth query) made ``count`` SQS requests for ``key``."""
         self.tally(key).master_requests[action] += count
 
+    def depth_query_done(
+        self, depths: dict[str, Any], keys: Mapping[str, QueueKey], urls: dict[str, str]
+    ) -> None:
+        """A depth query (sqsd.control.queries) came back: count the requests it made for
+        each queue it asked (``keys``: by SQS name), and keep the URLs it found in ``urls``
+        (the next query skips their GetQueueUrl). Both are taken out of ``depths``."""
+        for name, depth in depths.items():
+            if not isinstance(depth, dict):
+                continue
+            url = depth.pop("url", None)
+            if url:
+                urls[name] = url
+            elif "error" in depth:
+                urls.pop(name, None)  # looked up again next time
+            for action, count in (depth.pop("requests", None) or {}).items():
+                if name in keys:
+                    self.requested(keys[name], action, count)
+
     def now(self, programs: Iterable[Program]) -> dict[QueueKey, Tally]:
         """Everything counted so far: these totals plus the running workers' slots and the
         programs' restarts."""

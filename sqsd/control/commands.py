@@ -297,17 +297,16 @@ class ControlPlane:
         if now - self.depths_at > METRICS_DEPTHS_AFTER and self.depth_query is None:
             self.refresh_depths(lambda: None)  # for the next scrape: this one takes what is known
         programs = supervisor.programs.values()
-        snapshot = metrics.Snapshot(
-            tallies=supervisor.totals.now(programs),
-            states=metrics.worker_states(programs),
-            depths=metrics.depths_by_key(self.depths, self.url_name_keys()),
-            depths_age=now - self.depths_at,
-            price_per_million=supervisor.settings.sqs_price_per_million,
-            start_time=metrics.wall_clock(supervisor.started),
-            version=__version__,
-        )
         metrics.exposition_in_turns(
-            snapshot,
+            metrics.Snapshot(
+                tallies=supervisor.totals.now(programs),
+                states=metrics.worker_states(programs),
+                depths=metrics.depths_by_key(self.depths, self.url_name_keys()),
+                depths_age=now - self.depths_at,
+                price_per_million=supervisor.settings.sqs_price_per_million,
+                start_time=metrics.wall_clock(supervisor.started),
+                version=__version__,
+            ),
             openmetrics=openmetrics,
             later=lambda step: self.loop.call_at(time.monotonic(), step),
             done=done,
@@ -439,7 +438,7 @@ class ControlPlane:
 
         def done(result: dict[str, Any]) -> None:
             self.depth_query = None
-            self.count_requests(result)
+            self.supervisor.totals.depth_query_done(result, self.url_name_keys(), self.queue_urls)
             if "error" not in result or len(result) > 1:
                 self.depths = result
                 self.depths_at = time.monotonic()
@@ -451,22 +450,6 @@ class ControlPlane:
         self.depth_query = self.run_query(
             lambda: queries.queue_depths(settings, url_names, urls), done
         )
-
-    def count_requests(self, depths: dict[str, Any]) -> None:
-        """Add the SQS requests a depth query made to the totals of the queues it asked;
-        remember the URLs it found."""
-        keys = self.url_name_keys()
-        for name, depth in depths.items():
-            if not isinstance(depth, dict):
-                continue
-            url = depth.pop("url", None)
-            if url:
-                self.queue_urls[name] = url
-            elif "error" in depth:
-                self.queue_urls.pop(name, None)  # looked up again next time
-            for action, count in (depth.pop("requests", None) or {}).items():
-                if name in keys:
-                    self.supervisor.totals.requested(keys[name], action, count)
 
     def check_waiters(self) -> None:
         busy = {

@@ -138,6 +138,20 @@ def test_totals_never_go_backwards_when_workers_exit_or_programs_leave():
     assert (gone.counters["processed"], gone.restarts) == (7, 1)
 
 
+def test_depth_queries_are_counted_and_their_urls_kept():
+    totals, urls = metrics.Totals(), {"p_gone": "http://old"}
+    depths = {
+        "p_emails": {"visible": 1, "url": "http://q/p_emails",
+                     "requests": {"GetQueueUrl": 1, "GetQueueAttributes": 1}},
+        "p_gone": {"error": "queue does not exist", "requests": {"GetQueueAttributes": 1}},
+    }  # fmt: skip
+    totals.depth_query_done(depths, {"p_emails": ("emails", ""), "p_gone": ("gone", "")}, urls)
+    assert urls == {"p_emails": "http://q/p_emails"}
+    assert depths["p_emails"] == {"visible": 1}  # as status shows it
+    assert totals.tally(("emails", "")).requests()["GetQueueUrl"] == 1
+    assert totals.tally(("gone", "")).billed() == 1
+
+
 def test_cost_is_requests_and_extra_chunks_at_the_configured_price():
     tally = metrics.Tally()
     tally.counters.update(receives=100, deletes=50, sends=10, extra_chunks=40)
