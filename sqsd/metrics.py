@@ -359,8 +359,12 @@ def exposition_in_turns(
     the loop about 10 ms, one slice well under one, so a ping or a wake-up that comes in
     meanwhile waits for a slice, not for the scrape. ``each`` transforms every slice's text
     (redaction: a slice holds whole lines); ``done(text, content type)`` gets the whole."""
-    slices = _slices(list(Collector(snapshot).collect()))
+    slices: list[tuple[Metric, int, int | None]] = []
     chunks: list[bytes] = []
+
+    def collect() -> None:  # a turn of its own: the snapshot took the caller's
+        slices.extend(_slices(list(Collector(snapshot).collect())))
+        later(step)
 
     def step() -> None:
         chunks.append(each(_render(*slices[len(chunks)], openmetrics=openmetrics)))
@@ -369,7 +373,7 @@ def exposition_in_turns(
         else:
             done(b"".join(chunks) + (_EOF if openmetrics else b""), content_type(openmetrics))
 
-    later(step)
+    later(collect)
 
 
 def wants_openmetrics(accept: str) -> bool:
