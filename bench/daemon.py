@@ -43,6 +43,7 @@ class Daemon:
         region: str,
         defaults: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        sqsd: dict[str, Any] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -61,6 +62,7 @@ class Daemon:
             "endpoint_url": endpoint_url or "",
             "create_queues": False,
             "log_format": "json",
+            **(sqsd or {}),  # more [sqsd] keys (metrics_listen, say)
         }
         defaults = {**BASE_DEFAULTS, **(defaults or {})}
         self.config_path.write_text(config_text(settings, defaults, queues))

@@ -28,6 +28,8 @@ import psutil  # noqa: E402
 
 from bench import autoscale, emulator  # noqa: E402
 from bench.events import EventSink  # noqa: E402
+from bench.metrics import METHOD as METRICS_METHOD  # noqa: E402
+from bench.metrics import metrics  # noqa: E402
 from bench.peers import METHOD as PEERS_METHOD  # noqa: E402
 from bench.peers import peers  # noqa: E402
 from bench.queues import Queues, sqs_client  # noqa: E402
@@ -38,6 +40,8 @@ SCENARIOS["peers"] = peers  # bench/peers.py: dramatiq and Celery beside sqsd
 METHODS["peers"] = PEERS_METHOD
 SCENARIOS["autoscale"] = autoscale.autoscale  # bench/autoscale.py
 METHODS["autoscale"] = autoscale.METHOD
+SCENARIOS["metrics"] = metrics  # bench/metrics.py: what observing costs
+METHODS["metrics"] = METRICS_METHOD
 NAMES = list(SCENARIOS)
 
 

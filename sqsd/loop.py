@@ -68,17 +68,20 @@ class EventLoop:
 
     def run_once(self, timeout: float) -> bool:
         """Wait up to ``timeout`` (less when a timer is due sooner), call the callbacks of
-        what is ready, then the due timers. True when a file descriptor was ready."""
+        what is ready, then the due timers. True when a file descriptor was ready or a
+        timer ran: the turn served someone (the master leaves supervision to its pace)."""
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
         events = self.selector.select(timeout)
         for key, _ in events:
             key.data()
         now = time.monotonic()
+        ran = False
         while self._timers and self._timers[0][0] <= now:
             _, _, callback = heapq.heappop(self._timers)
             callback()
-        return bool(events)
+            ran = True
+        return bool(events) or ran
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)

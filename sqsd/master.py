@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import setproctitle
 
-from sqsd import children, logs, notify, plan, preflight, scaling, scoreboard
+from sqsd import children, logs, metrics, notify, plan, preflight, scaling, scoreboard
 from sqsd import config as config_module
 from sqsd.config import Settings
 from sqsd.control.commands import ControlPlane
@@ -73,6 +73,7 @@ class Master:
         self.started = time.monotonic()
         self.loop = EventLoop()
         self.scoreboard = scoreboard.Scoreboard()
+        self.totals = metrics.Totals()  # what exited workers counted, for metrics and status
         self.givebacks = GiveBacks()
         self.stopping_since = 0.0
         self.graceful_deadline = 0.0
@@ -338,7 +339,7 @@ class Master:
             if program.worker is not None:
                 continue
             if program.retired:
-                del self.programs[key]
+                self.totals.forget(self.programs.pop(key))
                 continue
             if self.stopping_since or program.state in STOPPED_STATES:
                 continue
@@ -403,8 +404,7 @@ class Master:
         assert worker is not None
         program.worker = None
         os.close(worker.wake_fd)
-        counters = worker.slot.read().counters
-        finished_messages = counters["processed"] + counters["failed"] + counters["retried"]
+        finished_messages = self.totals.reap(program, worker.slot)
         self.scoreboard.release(worker.slot)
         program.last_exit = WorkerExit(os.waitstatus_to_exitcode(status), worker.reason)
         log = self.log.bind(queue=program.spec.label, pid=worker.pid, exit=str(program.last_exit))

@@ -8,12 +8,17 @@ half-updated slot for a moment, which is fine for monitoring.
 
 from __future__ import annotations
 
+import bisect
+import math
 import mmap
+import os
 import struct
 import time
+from collections.abc import Callable, Iterable, Mapping
 
 from sqsd.states import SlotView, WorkerState  # SlotView: what read() returns
 
+# Appended to, never reordered: the index is the counter's place in the slot.
 COUNTERS = (
     "processed",
     "failed",
@@ -24,6 +29,9 @@ COUNTERS = (
     "deletes",
     "visibility_changes",
     "sends",
+    "given_back",  # received but unstarted messages made visible again (not attempts)
+    "dropped",  # messages whose receipt handle SQS refused (no longer ours)
+    "extra_chunks",  # 64 KiB payload chunks past each request's first: SQS bills each one
 )
 MESSAGE_ID_SIZE = 80
 
@@ -42,8 +50,67 @@ _IDLE_UNTIL_AT = 32
 _COUNTERS_AT = 40
 _MESSAGE_ID_AT = _COUNTERS_AT + 8 * len(COUNTERS)
 _RECEIVED_AT = _MESSAGE_ID_AT + MESSAGE_ID_SIZE
-SLOT_SIZE = 256
-assert _LAYOUT.size <= SLOT_SIZE
+SLOT_SIZE = 1024
+assert _LAYOUT.size <= 256
+
+# -- histograms: bytes 640 to 1023 of a slot ------------------------------------------
+#
+# Two histograms, one after the other from HISTOGRAMS_AT: for each, one u64 per bucket (not
+# cumulative; the last one counts what is above every bound), the count (u64) and the sum
+# (f64). A worker observes with one bisect and three read-modify-writes: no allocation, no
+# I/O. The master adds them up per queue and suffix (sqsd.metrics).
+HISTOGRAMS_AT = 640
+# Twelve bounds each: every sample costs the master a few microseconds per scrape.
+HANDLER_BUCKETS = (  # seconds a handler ran
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0,
+)  # fmt: skip
+AGE_BUCKETS = (  # seconds from SQS's SentTimestamp to the handler's start
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 86400.0,
+)  # fmt: skip
+HISTOGRAMS = {"handler_seconds": HANDLER_BUCKETS, "message_age_seconds": AGE_BUCKETS}
+
+
+def _histogram_layout(bounds: tuple[float, ...]) -> struct.Struct:
+    return struct.Struct(f"<{len(bounds) + 1}QQd")  # buckets (+ overflow), count, sum
+
+
+_HANDLER = _histogram_layout(HANDLER_BUCKETS)
+_AGE = _histogram_layout(AGE_BUCKETS)
+_HANDLER_AT = HISTOGRAMS_AT
+_AGE_AT = _HANDLER_AT + _HANDLER.size
+_U64 = struct.Struct("<Q")
+_COUNT_SUM = struct.Struct("<Qd")
+assert _AGE_AT + _AGE.size <= SLOT_SIZE
+
+
+class HistogramView:
+    """One histogram as a slot holds it: per-bucket counts (the last: above every bound),
+    count and sum."""
+
+    __slots__ = ("bounds", "buckets", "count", "sum")
+
+    def __init__(self, bounds: tuple[float, ...], buckets: list[int], count: int, total: float):
+        self.bounds = bounds
+        self.buckets = buckets
+        self.count = count
+        self.sum = total
+
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> HistogramView:
+        return cls(bounds, [0] * (len(bounds) + 1), 0, 0.0)
+
+    def add(self, other: HistogramView) -> None:
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        self.count += other.count
+        self.sum += other.sum
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, count) pairs as Prometheus wants them, +Inf last."""
+        pairs, running = [], 0
+        for bound, value in zip([*self.bounds, math.inf], self.buckets, strict=True):
+            running += value
+            pairs.append(("+Inf" if bound == math.inf else repr(bound), running))
+        return pairs
 
 
 class Scoreboard:
@@ -53,13 +120,15 @@ class Scoreboard:
         self.size = size
         self.memory = mmap.mmap(-1, SLOT_SIZE * size)
         self.free = list(range(size - 1, -1, -1))
+        # The benchmark's baseline only: what the message path costs without observing.
+        self.slot_class = Unobserved if os.environ.get("SQSD_BENCH_NO_OBSERVE") else Slot
 
     def allocate(self) -> Slot:
         """Take a free slot and zero it (the master, before forking its worker)."""
         if not self.free:
             raise RuntimeError(f"more than {self.size} workers")
         index = self.free.pop()
-        slot = Slot(self.memory, index)
+        slot = self.slot_class(self.memory, index)
         slot.reset()
         return slot
 
@@ -79,6 +148,7 @@ class Slot:
 
     def reset(self) -> None:
         now = time.monotonic()
+        self.memory[self.offset : self.offset + SLOT_SIZE] = bytes(SLOT_SIZE)
         counters = [0] * len(COUNTERS)
         # A new worker counts as idle from its start until its first receive brings work.
         _LAYOUT.pack_into(
@@ -121,6 +191,34 @@ class Slot:
         (value,) = _COUNTER.unpack_from(self.memory, at)
         _COUNTER.pack_into(self.memory, at, value + amount)
 
+    def observe_handler(self, seconds: float) -> None:
+        """A handler ran ``seconds`` (whatever its outcome)."""
+        _observe(self.memory, self.offset + _HANDLER_AT, HANDLER_BUCKETS, seconds)
+
+    def observe_age(self, seconds: float | None) -> None:
+        """A handler started ``seconds`` after SQS took its message in (None: unknown)."""
+        if seconds is not None:
+            _observe(self.memory, self.offset + _AGE_AT, AGE_BUCKETS, max(0.0, seconds))
+
+    def count_payload(self, messages: Iterable[Mapping[str, object]]) -> None:
+        """A request carried ``messages`` (received, or sent: ``Body`` or ``MessageBody``
+        and ``MessageAttributes``): count the 64 KiB chunks past the first that SQS bills
+        as requests of their own."""
+        extra = extra_chunks(messages)
+        if extra:
+            self.add(EXTRA_CHUNKS, extra)
+
+    def read_histograms(self) -> dict[str, HistogramView]:
+        """Both histograms of the slot, by metric name (``HISTOGRAMS``)."""
+        views = {}
+        for name, bounds, layout, at in (
+            ("handler_seconds", HANDLER_BUCKETS, _HANDLER, _HANDLER_AT),
+            ("message_age_seconds", AGE_BUCKETS, _AGE, _AGE_AT),
+        ):
+            *buckets, count, total = layout.unpack_from(self.memory, self.offset + at)
+            views[name] = HistogramView(bounds, buckets, count, total)
+        return views
+
     def read(self) -> SlotView:
         state, heartbeat, since, started, idle_until, *rest = _LAYOUT.unpack_from(
             self.memory, self.offset
@@ -141,6 +239,75 @@ class Slot:
         )
 
 
+class Unobserved(Slot):
+    """A slot whose worker observes nothing (``SQSD_BENCH_NO_OBSERVE=1``): the benchmark's
+    baseline for what histograms and payload chunks cost the message path."""
+
+    __slots__ = ()
+
+    def observe_handler(self, seconds: float) -> None:
+        pass
+
+    def observe_age(self, seconds: float | None) -> None:
+        pass
+
+    def count_payload(self, messages: Iterable[Mapping[str, object]]) -> None:
+        pass
+
+
+def _observe(memory: mmap.mmap, at: int, bounds: tuple[float, ...], value: float) -> None:
+    bucket = at + 8 * bisect.bisect_left(bounds, value)  # le: a value on a bound counts in it
+    count_at = at + 8 * (len(bounds) + 1)
+    _U64.pack_into(memory, bucket, _U64.unpack_from(memory, bucket)[0] + 1)
+    count, total = _COUNT_SUM.unpack_from(memory, count_at)
+    _COUNT_SUM.pack_into(memory, count_at, count + 1, total + value)
+
+
+CHUNK = 64 * 1024  # SQS bills every 64 KiB of a request's payload as one request
+
+
+def extra_chunks(messages: Iterable[Mapping[str, object]]) -> int:
+    """Billed 64 KiB chunks beyond the first of one request carrying ``messages``: their
+    bodies and message attributes (names, types and values). The request's own parameters
+    and system attributes are left out. Characters are counted first, as bytes only when
+    they might reach 64 KiB, so small messages cost a few additions."""
+    messages = list(messages)
+    if 4 * _payload(messages, len) <= CHUNK:  # UTF-8 takes at most 4 bytes a character
+        return 0
+    return max(0, math.ceil(_payload(messages, _utf8_size) / CHUNK) - 1)
+
+
+def _payload(messages: list[Mapping[str, object]], size: Callable[[object], int]) -> int:
+    total = 0
+    for message in messages:
+        body = message.get("Body") or message.get("MessageBody")
+        if isinstance(body, str | bytes):
+            total += size(body)
+        attributes = message.get("MessageAttributes")
+        if attributes and isinstance(attributes, dict):
+            for name, value in attributes.items():
+                total += size(name)
+                if isinstance(value, dict):
+                    total += sum(size(v) for v in value.values() if isinstance(v, str | bytes))
+    return total
+
+
+def _utf8_size(text: object) -> int:
+    return len(text) if isinstance(text, bytes) else len(str(text).encode())
+
+
+def message_age(attributes: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds since SQS's ``SentTimestamp`` (milliseconds since the epoch), None without
+    one. Clocks differ: the host's may be behind AWS's, so the age may come out negative."""
+    sent = attributes.get("SentTimestamp")
+    if not sent:
+        return None
+    try:
+        return (time.time() if now is None else now) - int(sent) / 1000
+    except ValueError:
+        return None
+
+
 # Counter indexes, named for readable call sites in the worker: slot.add(PROCESSED).
 (
     PROCESSED,
@@ -152,4 +319,7 @@ class Slot:
     DELETES,
     VISIBILITY_CHANGES,
     SENDS,
+    GIVEN_BACK,
+    DROPPED,
+    EXTRA_CHUNKS,
 ) = range(len(COUNTERS))

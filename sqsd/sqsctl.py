@@ -159,9 +159,14 @@ def known_targets(socket_path: str, config_path: str | None, *, timeout: float =
 
 
 def call(
-    ctx: click.Context, cmd: str, *, socket_timeout: float | None = 10.0, **args: Any
+    ctx: click.Context,
+    cmd: str,
+    *,
+    socket_timeout: float | None = 10.0,
+    client: sqsd_client.Client | None = None,
+    **args: Any,
 ) -> dict[str, Any]:
-    client = sqsd_client.Client(ctx.obj["socket"], timeout=socket_timeout)
+    client = client or sqsd_client.Client(ctx.obj["socket"], timeout=socket_timeout)
     try:
         return client.call(cmd, **args)
     except sqsd_client.DaemonUnavailable as exc:
@@ -257,12 +262,49 @@ def clear(ctx: click.Context, queues: tuple[str, ...], yes: bool, purge: bool) -
 )
 @click.pass_context
 def wait(ctx: click.Context, queues: tuple[str, ...], timeout: float | None) -> None:
-    """Wait until QUEUES are empty and their workers idle (Ctrl-C: exit code 130)."""
-    if sys.stderr.isatty() and not ctx.obj["json"]:
-        click.echo("waiting for queues to drain...", err=True)
+    """Wait until QUEUES are empty and their workers idle (Ctrl-C: exit code 130).
+
+    On a terminal, a line on stderr shows the messages left, the rate and an estimate of
+    the time left, every second."""
     socket_timeout = (timeout + 10) if timeout is not None else None
-    reply = call(ctx, "wait", queues=list(queues), timeout=timeout, socket_timeout=socket_timeout)
+    client = None
+    if sys.stderr.isatty() and not ctx.obj["json"]:
+        from sqsd.tools.progress import ProgressClient
+
+        client = ProgressClient(ctx.obj["socket"], socket_timeout, sys.stderr, list(queues))
+    reply = call(ctx, "wait", queues=list(queues), timeout=timeout, client=client)
     emit(ctx, reply, "queues empty and workers idle")
+
+
+@sqsctl_main.command()
+@click.option("--prometheus", is_flag=True, help="Prometheus text 0.0.4, not OpenMetrics.")
+@click.pass_context
+def metrics(ctx: click.Context, prometheus: bool) -> None:
+    """Print the daemon's metrics in the OpenMetrics text format (see docs/operations.md,
+    "Monitoring")."""
+    reply = call(ctx, "metrics", format="prometheus" if prometheus else "openmetrics")
+    emit(ctx, reply, reply["text"].rstrip("\n"))
+
+
+@sqsctl_main.command()
+@click.option("--interval", type=click.FloatRange(0.2), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--depths", "depth_interval", type=click.FloatRange(1), default=5.0,
+              show_default=True, help="Seconds between queue-depth refreshes (2 SQS calls "
+              "per queue each).")
+@click.option("-n", "--iterations", type=click.IntRange(0), default=0,
+              help="Stop after N refreshes (default: until q or Ctrl-C).")
+@click.pass_context
+def top(ctx: click.Context, interval: float, depth_interval: float, iterations: int) -> None:
+    """A live view of queues and workers: state, current message and its age, msgs/s,
+    failures, backlog, SQS calls and their cost per hour. q or Ctrl-C quits (exit 0).
+    Not on a terminal: the same figures printed again every interval."""
+    from sqsd.tools import top as top_tool
+
+    client = sqsd_client.Client(ctx.obj["socket"], timeout=5.0)
+    call(ctx, "ping", client=client)  # not reachable: one line and exit 3, before any screen
+    fetch = lambda fresh: client.call("status", fresh=fresh)  # noqa: E731
+    top_tool.run(fetch, interval, depth_interval, iterations, color=ctx.obj["color"])
 
 
 @sqsctl_main.command()

@@ -168,6 +168,7 @@ class Housekeeper(threading.Thread):
         finally:
             self.slot.add(scoreboard.DELETES)
         for failure in response.get("Failed", []):
+            self.slot.add(scoreboard.DROPPED)
             message_id = batch[int(failure["Id"])][0]
             self.log.warning("delete refused", message_id=message_id, error=failure.get("Message"))
 
@@ -376,6 +377,7 @@ class Worker:
         self.slot.received(len(messages), oldest_age(messages))  # autoscaling's signals
         if not messages:
             self.slot.add(scoreboard.EMPTY_RECEIVES)
+        self.slot.count_payload(messages)
         return messages
 
     def _sleep_after_error(self, exc: Exception) -> None:
@@ -479,6 +481,7 @@ class Worker:
         if self.queue.delete_on_start and not self._delete_now(message):
             return True
         self.slot.start_message(message.id)
+        self.slot.observe_age(scoreboard.message_age(message.attributes))
         started = time.monotonic()
         kept = False
         try:
@@ -500,6 +503,7 @@ class Worker:
             )
         finally:
             self.handled += 1
+            self.slot.observe_handler(time.monotonic() - started)
             self.slot.end_message()
             self._after_message(message)
         if kept or self.queue.delete_on_start:
@@ -586,6 +590,7 @@ class Worker:
             self.log.error("dead-letter send failed", message_id=message.id, error=str(exc))
             return False
         self.slot.add(scoreboard.SENDS)
+        self.slot.count_payload([params])
         self.slot.add(scoreboard.DEAD_LETTERED)
         log = self.log.debug if announced else self.log.warning
         log("dead-lettered", message_id=message.id, reason=reason)
@@ -615,6 +620,7 @@ class Worker:
             self._change_visibility(message, int(min(remaining, max_delay())))
             return True
         self.slot.add(scoreboard.SENDS)
+        self.slot.count_payload([params])
         self._delete_now(message)
         self.log.debug("re-delayed", message_id=message.id, remaining=round(remaining, 1))
         return True
@@ -653,6 +659,7 @@ class Worker:
     def _give_back(self, messages: list[Message]) -> None:
         """Make received but unstarted messages visible again at once."""
         assert self.housekeeper is not None
+        self.slot.add(scoreboard.GIVEN_BACK, len(messages))
         for message in messages:
             self.housekeeper.release(message)
             self.givebacks.add(message.id)

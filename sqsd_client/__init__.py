@@ -103,6 +103,11 @@ class Client:
         """Workers, queues and counters."""
         return self.call("status")
 
+    def metrics(self, fmt: str = "openmetrics") -> dict[str, Any]:
+        """The daemon's metrics as text (``reply["text"]``): ``"openmetrics"`` or
+        ``"prometheus"``."""
+        return self.call("metrics", format=fmt)
+
     def wake(self, queue: str, suffix: str | None = None) -> dict[str, Any]:
         """Wake the idle worker of a queue; unknown queues raise CommandFailed."""
         return self.call("wake", queue=queue, suffix=suffix)

@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqsd import logs
+from sqsd import __version__, logs, metrics
 from sqsd.config import QueueSettings, Settings, as_dict
 from sqsd.control import queries
-from sqsd.control.server import Connection, ControlServer, open_listener
+from sqsd.control.http import ListenError, MetricsListener
+from sqsd.control.server import Connection, ControlServer, SocketPathError, open_listener
 from sqsd.control.status import dead_letter_names, status_reply
 from sqsd.redact import redact
 from sqsd.scaling import Sizing
@@ -32,6 +33,7 @@ FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before ans
 WAIT_CHECK_INTERVAL = 1.0
 WAIT_DEFAULT_TIMEOUT = 3600.0  # a `wait` without a timeout gives up after an hour
 WAIT_MAX_TIMEOUT = 86400.0
+METRICS_DEPTHS_AFTER = 30.0  # a scrape refreshes queue depths older than this (SQS calls)
 
 Reply = dict[str, Any] | None  # None: the command replies later, through its connection
 Handler = Callable[[dict[str, Any], Connection], Reply]
@@ -63,6 +65,9 @@ class Supervisor(Protocol):
 
     @property
     def sizing(self) -> Sizing: ...  # process counts: configured, autoscaled or pinned
+
+    @property
+    def totals(self) -> metrics.Totals: ...  # what exited workers counted, and more
 
     def wake(self, queue: str, suffix: str | None) -> int: ...
 
@@ -125,16 +130,19 @@ class ControlPlane:
         self.loop = loop
         self.log = logs.get("sqsd.master", component="control")
         self.server: ControlServer | None = None
+        self.http: MetricsListener | None = None
         self.queries: dict[int, Query] = {}
         self.depths: dict[str, dict[str, Any]] = {}
         self.depths_at = 0.0
         self.depth_query: Query | None = None
+        self.queue_urls: dict[str, str] = {}  # SQS name -> URL: depth queries skip GetQueueUrl
         self.depth_listeners: list[Callable[[], None]] = []
         self.waiters: list[Waiter] = []
         self.last_wait_check = 0.0
         self.commands: dict[str, Command] = {
             "ping": Command(self.ping),
             "status": Command(self.status),
+            "metrics": Command(self.metrics),
             "wake": Command(self.wake),
             "wait": Command(self.wait),
             "clear": Command(self.clear, privileged=True),
@@ -155,11 +163,22 @@ class ControlPlane:
             self.dispatch,
             unlink_path=settings.socket if created else None,
         )
+        if settings.metrics_listen:
+            try:
+                self.http = MetricsListener(
+                    settings.metrics_listen, self.loop.selector, self.scrape
+                )
+            except ListenError as exc:
+                self.close()  # nothing starts: the socket file goes too
+                raise SocketPathError("metrics_listen", str(exc)) from None
+            self.log.info("metrics listening", address=settings.metrics_listen)
 
     def close_in_child(self) -> None:
         """In a forked child: close inherited sockets and pipes, touch nothing on disk."""
         if self.server is not None:
             self.server.close_in_child()
+        if self.http is not None:
+            self.http.close_in_child()
         for query in self.queries.values():
             if query.fd >= 0:
                 _close_quietly(query.fd)
@@ -168,12 +187,17 @@ class ControlPlane:
         for waiter in self.waiters:
             waiter.conn.reply(error("daemon stopping"))
         self.waiters.clear()
+        if self.http is not None:
+            self.http.close()
+            self.http = None
         if self.server is not None:
             self.server.close()
 
     def tick(self, now: float) -> None:
         assert self.server is not None
         self.server.tick(now)
+        if self.http is not None:
+            self.http.tick(now)
         due = now - self.last_wait_check >= WAIT_CHECK_INTERVAL
         if self.waiters and due and self.depth_query is None:
             self.last_wait_check = now
@@ -226,6 +250,8 @@ class ControlPlane:
             hint = did_you_mean(suffix, [s for s in settings.suffixes if s])
             raise KeyError(f"unknown suffix {suffix!r} of queue {queue!r}{hint}")
         woken = self.supervisor.wake(queue, None if suffix is None else suffix or "")
+        for woken_suffix in settings.suffixes if suffix is None else [suffix]:
+            self.supervisor.totals.woken((queue, woken_suffix))
         return {"ok": True, "woken": woken}
 
     def status(self, request: dict[str, Any], conn: Connection) -> Reply:
@@ -243,6 +269,57 @@ class ControlPlane:
         self.refresh_depths(answer)
         self.loop.call_at(deadline, answer)
         return None
+
+    def metrics(self, request: dict[str, Any], conn: Connection) -> Reply:
+        """The scrape as text: OpenMetrics, or Prometheus text with ``"format":
+        "prometheus"``."""
+        fmt = request.get("format", "openmetrics")
+        if fmt not in ("openmetrics", "prometheus"):
+            raise ValueError('format must be "openmetrics" or "prometheus"')
+
+        def done(text: bytes, content_type: str) -> None:
+            conn.reply({"ok": True, "content_type": content_type, "text": text.decode()})
+
+        self.render_metrics(fmt == "openmetrics", done)
+        return None
+
+    def scrape(self, accept: str, done: metrics.Done) -> None:
+        """An HTTP scrape (``metrics_listen``), in the format its Accept header asks for,
+        redacted as every reply is."""
+        openmetrics = metrics.wants_openmetrics(accept)
+        self.render_metrics(openmetrics, done, lambda text: redact(text.decode()).encode())
+
+    def render_metrics(
+        self, openmetrics: bool, done: metrics.Done, each: Callable[[bytes], bytes] | None = None
+    ) -> None:
+        """Take a snapshot now; render it over the next turns of the loop (never one long
+        block), then ``done(text, content type)``."""
+        supervisor = self.supervisor
+        now = time.monotonic()
+        if now - self.depths_at > METRICS_DEPTHS_AFTER and self.depth_query is None:
+            self.refresh_depths(lambda: None)  # for the next scrape: this one takes what is known
+        programs = supervisor.programs.values()
+        metrics.exposition_in_turns(
+            metrics.Snapshot(
+                tallies=supervisor.totals.now(programs),
+                states=metrics.worker_states(programs),
+                depths=metrics.depths_by_key(self.depths, self.url_name_keys()),
+                depths_age=now - self.depths_at,
+                price_per_million=supervisor.settings.sqs_price_per_million,
+                start_time=metrics.wall_clock(supervisor.started),
+                version=__version__,
+            ),
+            openmetrics=openmetrics,
+            later=lambda step: self.loop.call_at(time.monotonic(), step),
+            done=done,
+            **({"each": each} if each else {}),
+        )
+
+    def url_name_keys(self) -> dict[str, metrics.QueueKey]:
+        supervisor = self.supervisor
+        return metrics.url_name_keys(
+            supervisor.settings, supervisor.queues, supervisor.sizing.counts
+        )
 
     def reload(self, request: dict[str, Any], conn: Connection) -> Reply:
         failure = self.supervisor.reload()
@@ -336,7 +413,7 @@ class ControlPlane:
     def status_now(self) -> dict[str, Any]:
         supervisor = self.supervisor
         now = time.monotonic()
-        return status_reply(
+        reply = status_reply(
             pid=supervisor.pid,
             config_path=supervisor.config_path,
             uptime=now - supervisor.started,
@@ -349,6 +426,8 @@ class ControlPlane:
             now=now,
             queue_settings=supervisor.queues,
         )
+        tallies = supervisor.totals.now(supervisor.programs.values())
+        return metrics.annotate_status(reply, tallies, supervisor.settings.sqs_price_per_million)
 
     def refresh_depths(self, then: Callable[[], None]) -> None:
         """Fetch queue depths in a child (joining one under way); ``then`` runs when done."""
@@ -361,6 +440,7 @@ class ControlPlane:
 
         def done(result: dict[str, Any]) -> None:
             self.depth_query = None
+            self.supervisor.totals.depth_query_done(result, self.url_name_keys(), self.queue_urls)
             if "error" not in result or len(result) > 1:
                 self.depths = result
                 self.depths_at = time.monotonic()
@@ -368,7 +448,10 @@ class ControlPlane:
             for listener in listeners:
                 listener()
 
-        self.depth_query = self.run_query(lambda: queries.queue_depths(settings, url_names), done)
+        urls = dict(self.queue_urls)
+        self.depth_query = self.run_query(
+            lambda: queries.queue_depths(settings, url_names, urls), done
+        )
 
     def check_waiters(self) -> None:
         busy = {

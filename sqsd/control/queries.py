@@ -15,13 +15,22 @@ DEPTH_ATTRIBUTES = {
 }
 
 
-def queue_depths(settings: Settings, url_names: list[str]) -> dict[str, Any]:
-    """``{url_name: {"visible": n, "in_flight": n, "delayed": n}}`` or ``{"error": ...}``."""
+def queue_depths(
+    settings: Settings, url_names: list[str], urls: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``{url_name: {"visible": n, "in_flight": n, "delayed": n, "url": URL}}`` or
+    ``{"error": ...}``, each with the SQS ``requests`` it took by action (for the cost in
+    metrics). Queues whose URL is in ``urls`` are not looked up again."""
     client = make_client(settings, wait_time_seconds=0)
     result: dict[str, Any] = {}
     for name in url_names:
+        requests: dict[str, int] = {}
         try:
-            url = client.get_queue_url(QueueName=name)["QueueUrl"]
+            url = (urls or {}).get(name)
+            if not url:
+                requests["GetQueueUrl"] = 1
+                url = client.get_queue_url(QueueName=name)["QueueUrl"]
+            requests["GetQueueAttributes"] = 1
             attributes = client.get_queue_attributes(
                 QueueUrl=url, AttributeNames=list(DEPTH_ATTRIBUTES)
             )["Attributes"]
@@ -29,8 +38,10 @@ def queue_depths(settings: Settings, url_names: list[str]) -> dict[str, Any]:
                 field: int(attributes.get(attribute, 0))
                 for attribute, field in DEPTH_ATTRIBUTES.items()
             }
+            result[name]["url"] = url
         except Exception as exc:
             result[name] = {"error": describe_error(exc)}
+        result[name]["requests"] = requests
     return result
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from sqsd import config, plan, scaling
+from sqsd import config, metrics, plan, scaling
 from sqsd.control.commands import ControlPlane
 from sqsd.control.render import render_status
 from sqsd.loop import EventLoop
@@ -36,6 +37,7 @@ class Supervisor:
     programs: dict = field(default_factory=dict)
     stopping: bool = False
     calls: list = field(default_factory=list)
+    totals: metrics.Totals = field(default_factory=metrics.Totals)
 
     def __post_init__(self) -> None:
         self.sizing = scaling.Sizing(self.queues)
@@ -120,6 +122,30 @@ def test_a_mistyped_queue_gets_the_nearest_name_in_the_reply(control):
     assert reply["error"] == "wait: unknown queue 'emails:bgi' (did you mean 'emails:big'?)"
     assert plane.dispatch({"cmd": "clear", "queues": ["zzz"]}, Conn())["error"] == (
         "clear: unknown queue 'zzz'")
+
+
+def test_metrics_are_rendered_over_turns_of_the_loop_and_scrapes_are_redacted(control):
+    plane, supervisor = control
+    plane.depths_at = time.monotonic()  # depths known: no query child
+    secret = "AKIA" + "ABCDEFGHIJKLMNOP"
+    supervisor.totals.woken((secret, ""))
+    conn = Conn()
+    assert plane.dispatch({"cmd": "metrics"}, conn) is None
+    turns = 0
+    while not conn.replies:
+        plane.loop.run_once(0)
+        turns += 1
+    assert turns >= 10  # one family a turn: a ping in between waits for one family only
+    assert conn.replies[0]["content_type"].startswith("application/openmetrics-text")
+    assert conn.replies[0]["text"].endswith("# EOF\n")
+    scraped = []
+    plane.scrape("text/plain", lambda body, kind: scraped.append((body, kind)))
+    while not scraped:
+        plane.loop.run_once(0)
+    body, kind = scraped[0]
+    assert kind.startswith("text/plain; version=0.0.4")
+    assert b'sqsd_wakeups_total{queue="AKIA***",suffix=""} 1.0' in body
+    assert secret.encode() not in body
 
 
 def test_status_is_data_and_render_makes_the_table(control):
