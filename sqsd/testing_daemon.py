@@ -128,6 +128,10 @@ class DaemonProcess:
             children = self.master.children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+        except (psutil.Error, IndexError, ValueError):
+            # psutil reads every /proc/PID/stat; one that vanishes mid-read can come back
+            # empty (IndexError). The next sample, 50 ms later, sees the tree again.
+            return []
         for child in children:
             self.seen.setdefault(child.pid, child)
         return children
