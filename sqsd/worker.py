@@ -13,14 +13,15 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import setproctitle
 
 from sqsd import logs, scoreboard
+from sqsd.attempts import AttemptTable
 from sqsd.config import Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE, RestartLater
-from sqsd.givebacks import GiveBacks
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
 from sqsd.plan import WorkerSpec  # re-exported: its home was here
 from sqsd.sqs import (
@@ -53,9 +54,17 @@ class Housekeeper(threading.Thread):
     """Deletes finished messages in batches and extends visibility of messages in hand."""
 
     def __init__(
-        self, client: Any, url: str, visibility_timeout: int, slot: scoreboard.Slot, log: Any
+        self,
+        client: Any,
+        url: str,
+        visibility_timeout: int,
+        slot: scoreboard.Slot,
+        log: Any,
+        *,
+        on_deleted: Callable[[str], None] = lambda message_id: None,
     ):
         super().__init__(name="sqsd-housekeeper", daemon=True)
+        self.on_deleted = on_deleted  # called with each message id SQS deleted
         self.client = client
         self.url = url
         self.visibility_timeout = visibility_timeout
@@ -167,10 +176,14 @@ class Housekeeper(threading.Thread):
             return
         finally:
             self.slot.add(scoreboard.DELETES)
+        failed = {int(failure["Id"]) for failure in response.get("Failed", [])}
         for failure in response.get("Failed", []):
             self.slot.add(scoreboard.DROPPED)
             message_id = batch[int(failure["Id"])][0]
             self.log.warning("delete refused", message_id=message_id, error=failure.get("Message"))
+        for position, (message_id, _, _) in enumerate(batch):
+            if position not in failed:
+                self.on_deleted(message_id)
 
     def _extend_due(self) -> None:
         if not self.in_hand:
@@ -206,7 +219,7 @@ class Worker:
         settings: Settings,
         *,
         slot: scoreboard.Slot,
-        givebacks: GiveBacks,
+        attempts: AttemptTable,
         wake_fd: int,
         master_pid: int,
         message_limit: int = 0,
@@ -215,7 +228,7 @@ class Worker:
         self.queue = spec.queue
         self.settings = settings
         self.slot = slot
-        self.givebacks = givebacks
+        self.attempts = attempts  # handler starts per message id, shared by this host
         self.wake_fd = wake_fd
         self.master_pid = master_pid
         self.log = logs.get("sqsd.worker", queue=spec.queue.name, suffix=spec.suffix)
@@ -259,7 +272,12 @@ class Worker:
         if self.stop_requested:
             return EXIT_OK
         self.housekeeper = Housekeeper(
-            self.client, self.url, self.queue.visibility_timeout, self.slot, self.log
+            self.client,
+            self.url,
+            self.queue.visibility_timeout,
+            self.slot,
+            self.log,
+            on_deleted=self.attempts.forget,
         )
         self.housekeeper.start()
         self.log.info("worker started", pid=os.getpid(), url=self.url)
@@ -459,20 +477,25 @@ class Worker:
         attrs = message.raw.get("MessageAttributes")
         if attrs and NOT_BEFORE_ATTRIBUTE in attrs and self._redelay(message):
             return False
-        given_back = self.givebacks.count(message.id) if message.receive_count > 1 else 0
-        if message.receive_count - given_back > self.queue.max_retries + 1:
-            reason = f"received {message.receive_count} times (max_retries)"
-            if given_back:
-                reason += f", {given_back} of them given back unstarted"
+        reason = self._given_up(message)
+        if reason:
             if self._dead_letter(message, reason):
-                self.givebacks.forget(message.id)
                 return False
             housekeeper.release(message)  # stays in the queue: no heartbeat keeps it hidden
             return True
-        kept = self._handle(message)
-        if given_back and not kept:
-            self.givebacks.forget(message.id)
-        return kept
+        return self._handle(message)
+
+    def _given_up(self, message: Message) -> str:
+        """Why ``message`` goes without its handler being called again ("" when it does
+        not): its handler started ``max_retries + 1`` times on this host and never finished
+        (say it crashed the worker each time), or SQS delivered it more than ``max_receives``
+        times (the safety net for starts this host never saw)."""
+        starts = self.attempts.starts(message.id)
+        if starts > self.queue.max_retries:
+            return f"handler started {starts} times without finishing (max_retries)"
+        if message.receive_count > self.queue.receive_limit:
+            return f"received {message.receive_count} times (max_receives)"
+        return ""
 
     def _handle(self, message: Message) -> bool:
         """Call the handler and act on its outcome; True when the message stays queued."""
@@ -480,6 +503,9 @@ class Worker:
         assert housekeeper is not None
         if self.queue.delete_on_start and not self._delete_now(message):
             return True
+        if not self.queue.delete_on_start:
+            # Recorded before the handler runs, so a crash inside it is charged to it alone.
+            self.attempts.start(message.id)
         self.slot.start_message(message.id)
         self.slot.observe_age(scoreboard.message_age(message.attributes))
         started = time.monotonic()
@@ -542,8 +568,14 @@ class Worker:
             error=_describe(exc),
             body=message.body,
         )
-        if not recorded or policy == "retry":
+        if not recorded:
             return True
+        if policy == "retry":
+            starts = self.attempts.starts(message.id)
+            if starts <= self.queue.max_retries:
+                return True
+            reason = f"handler failed {starts} times (max_retries): {_describe(exc)}"
+            return not self._dead_letter(message, reason, announced=True)
         if policy == "dead-letter":
             return not self._dead_letter(message, _describe(exc), announced=True)
         return not self._delete_now(message)
@@ -644,6 +676,7 @@ class Worker:
             return False
         finally:
             self.slot.add(scoreboard.DELETES)
+        self.attempts.forget(message.id)
         return True
 
     def _change_visibility(self, message: Message, seconds: int) -> None:
@@ -661,8 +694,7 @@ class Worker:
         assert self.housekeeper is not None
         self.slot.add(scoreboard.GIVEN_BACK, len(messages))
         for message in messages:
-            self.housekeeper.release(message)
-            self.givebacks.add(message.id)
+            self.housekeeper.release(message)  # never started: no attempt to count
         for start in range(0, len(messages), MAX_BATCH):
             chunk = messages[start : start + MAX_BATCH]
             entries = [
