@@ -45,6 +45,11 @@ RETRY_DELAY_MAX = 900
 DLQ_ERROR_ATTRIBUTE = "sqsd_error"
 
 
+class QuickStop(SystemExit):
+    """Raised from the SIGQUIT handler: abandon the handler at once. The one SystemExit a
+    handler's frame lets through; any other (``sys.exit()`` in user code) is a failure."""
+
+
 class StopReceiving(BaseException):  # noqa: N818 - a control-flow signal, not an error
     """Raised from the SIGTERM handler to abandon a long poll or idle sleep in progress.
     A BaseException, so botocore's retry logic (``except Exception``) lets it through."""
@@ -357,7 +362,7 @@ class Worker:
         """Quick stop: abandon the handler; its message reappears after the visibility
         timeout. Pending deletes are still flushed on the way out."""
         self.stop_requested = True
-        raise SystemExit(EXIT_OK)
+        raise QuickStop(EXIT_OK)
 
     def _recycle_reason(self) -> str:
         if self.recycle_after and self.handled >= self.recycle_after:
@@ -515,7 +520,11 @@ class Worker:
         except RestartLater as exc:
             kept = True
             self._restart_later(message, exc, started)
-        except Exception as exc:
+        except QuickStop:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() and Ctrl-C in a handler too
+            # A handler's SystemExit or KeyboardInterrupt is its failure, not the worker's
+            # end: the queue's on_error policy applies, as for any exception.
             kept = self._fail(message, exc, started)
         else:
             self.slot.add(scoreboard.PROCESSED)
@@ -551,7 +560,7 @@ class Worker:
             duration=round(time.monotonic() - started, 4),
         )
 
-    def _fail(self, message: Message, exc: Exception, started: float) -> bool:
+    def _fail(self, message: Message, exc: BaseException, started: float) -> bool:
         """Log, record the body, then apply the error policy; True when the message stays."""
         self.slot.add(scoreboard.FAILED)
         policy = self.queue.error_policy
@@ -661,7 +670,9 @@ class Worker:
         try:
             if self.spec.after_message is not None:
                 self.spec.after_message(message)
-        except Exception:
+        except QuickStop:
+            raise
+        except BaseException:  # noqa: BLE001 - a hook's sys.exit() does not end the worker
             self.log.exception("after_message hook failed", message_id=message.id)
 
     # -- SQS calls on single messages ---------------------------------------------------
