@@ -22,7 +22,7 @@ from sqsd import logs, scoreboard
 from sqsd.attempts import AttemptTable
 from sqsd.config import Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE, RestartLater
-from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
+from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message, read_not_before
 from sqsd.plan import WorkerSpec  # re-exported: its home was here
 from sqsd.sqs import (
     MAX_ATTRIBUTES,
@@ -248,6 +248,8 @@ class Worker:
         self.idle_sleep = 0.0
         self.error_sleep = 0.0
         self.handled = 0
+        self.warned: set[str] = set()  # message ids whose bad attributes were logged
+        self.broken: dict[str, Exception] = {}  # message id -> why message_class failed
         recycle_after = self.queue.max_messages
         if recycle_after:  # jitter, so sibling workers don't recycle at the same moment
             recycle_after += random.randint(0, recycle_after // 10)
@@ -456,7 +458,7 @@ class Worker:
     def _process_batch(self, raws: list[dict[str, Any]]) -> None:
         received_at = time.monotonic()
         queue_name, suffix = self.queue.name, self.spec.suffix
-        messages = [self.spec.message_class(raw, queue_name, suffix) for raw in raws]
+        messages = [self._message(raw, queue_name, suffix) for raw in raws]
         housekeeper = self.housekeeper
         assert housekeeper is not None
         housekeeper.hold(messages, received_at)
@@ -470,17 +472,36 @@ class Worker:
             if group is not None and group in blocked_groups:
                 self._give_back([message])
                 continue
-            kept = self._process(message)
+            try:
+                kept = self._process(message)
+            except Exception:
+                # Whatever a producer put in the message, the loop goes on; the message
+                # stays in the queue and max_receives gives up on it in the end.
+                self.log.exception("message not processed", message_id=message.id)
+                housekeeper.release(message)
+                kept = True
             if kept and group is not None:
                 blocked_groups.add(group)
         housekeeper.flush(wait=self.queue.fifo)
+
+    def _message(self, raw: dict[str, Any], queue_name: str, suffix: str) -> Message:
+        """The handler's message; a plain Message when the queue's message class fails on
+        this one (its handler then fails with that error, under the on_error policy)."""
+        try:
+            return self.spec.message_class(raw, queue_name, suffix)
+        except Exception as exc:
+            message = Message(raw, queue_name, suffix)
+            self.broken[message.id] = exc
+            return message
 
     def _process(self, message: Message) -> bool:
         """Handle one message; True when it stays in the queue (FIFO order must wait)."""
         housekeeper = self.housekeeper
         assert housekeeper is not None
-        attrs = message.raw.get("MessageAttributes")
-        if attrs and NOT_BEFORE_ATTRIBUTE in attrs and self._redelay(message):
+        not_before, problem = read_not_before(message.raw)
+        if problem:
+            self._warn_once(message, f"{NOT_BEFORE_ATTRIBUTE} ignored: {problem}")
+        if not_before is not None and self._redelay(message, not_before):
             return False
         reason = self._given_up(message)
         if reason:
@@ -516,7 +537,7 @@ class Worker:
         started = time.monotonic()
         kept = False
         try:
-            self.spec.handler(message)
+            self._call_handler(message)
         except RestartLater as exc:
             kept = True
             self._restart_later(message, exc, started)
@@ -544,6 +565,12 @@ class Worker:
         if kept or self.queue.delete_on_start:
             housekeeper.release(message)
         return kept
+
+    def _call_handler(self, message: Message) -> None:
+        broken = self.broken.pop(message.id, None)
+        if broken is not None:
+            raise broken
+        self.spec.handler(message)
 
     def _restart_later(self, message: Message, exc: RestartLater, started: float) -> None:
         delay = exc.delay
@@ -637,14 +664,19 @@ class Worker:
         log("dead-lettered", message_id=message.id, reason=reason)
         return self._delete_now(message)
 
-    def _redelay(self, message: Message) -> bool:
+    def _warn_once(self, message: Message, warning: str) -> None:
+        """One warning per message id and worker for what a producer got wrong."""
+        if message.id in self.warned:
+            return
+        if len(self.warned) >= 1000:
+            self.warned.clear()
+        self.warned.add(message.id)
+        self.log.warning(warning, message_id=message.id)
+
+    def _redelay(self, message: Message, not_before: float) -> bool:
         """A delay above SQS's maximum: send again with the remaining delay until due.
         True when the message was re-delayed (and so not handled now)."""
         attrs = message.raw["MessageAttributes"]
-        try:
-            not_before = float(attrs[NOT_BEFORE_ATTRIBUTE]["StringValue"])
-        except (KeyError, ValueError):
-            return False
         remaining = not_before - time.time()
         if remaining <= 0:
             return False

@@ -8,6 +8,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -97,6 +98,33 @@ def raw(body: str, *, receives: int = 1, message_id: str | None = None,
     return message
 
 
+class RecordingLog:
+    """Stands in for the worker's structlog logger: keeps (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def log(event: str, *args: Any, **fields: Any) -> None:
+            self.events.append((level, event, fields))
+
+        return log
+
+    def named(self, text: str) -> list[dict[str, Any]]:
+        return [fields for _, event, fields in self.events if text in event]
+
+
+class RecordingFailedLog:
+    """Stands in for the failed-messages log: keeps each record, always written."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, event: str = "failed message", exc_info: Any = None, **record: Any) -> bool:
+        self.records.append({"event": event, "exc_info": exc_info, **record})
+        return True
+
+
 @dataclass
 class Engine:
     """A queue's handler, its attempts table and the fake SQS its workers talk to."""
@@ -107,6 +135,8 @@ class Engine:
     sqs: FakeSQS = field(default_factory=FakeSQS)
     dead_letter: bool = True
     handled: list[str] = field(default_factory=list)
+    log: RecordingLog = field(default_factory=RecordingLog)
+    failed_log: RecordingFailedLog = field(default_factory=RecordingFailedLog)
 
     def worker(self) -> Worker:
         spec = WorkerSpec(queue=self.queue, suffix="", url_name=self.queue.name,
@@ -115,7 +145,8 @@ class Engine:
         board = scoreboard.Scoreboard()
         worker = Worker(spec, Settings(), slot=board.allocate(), attempts=self.table,
                         wake_fd=-1, master_pid=os.getppid())
-        worker.client, worker.url = self.sqs, "q"
+        worker.client, worker.url, worker.log = self.sqs, "q", self.log
+        worker.failed_log = self.failed_log  # type: ignore[assignment]
         worker.dead_letter_url = "dlq" if self.dead_letter else ""
         return worker
 
@@ -201,13 +232,14 @@ def test_batch_mates_of_a_crashing_message_keep_every_try():
         "sqsd_error"]["StringValue"]
 
 
-def test_without_a_dead_letter_queue_a_crashing_message_is_logged_and_deleted(caplog):
+def test_without_a_dead_letter_queue_a_crashing_message_is_logged_and_deleted():
     eng = engine(max_retries=0, dead_letter=False)
     eng.run([raw("crash")])
     eng.run([raw("crash", receives=2), raw("ok", receives=2)])
     assert eng.handled == ["crash", "ok"]
     assert eng.deleted() == {"crash", "ok"}
-    assert any("dropping message" in r.getMessage() for r in caplog.records)
+    [dropped] = eng.failed_log.records
+    assert (dropped["event"], dropped["body"]) == ("dropping message", "crash")
 
 
 def test_given_back_messages_are_not_starts():
@@ -261,14 +293,15 @@ def test_restart_later_counts_as_a_start_and_leaves_the_message():
 
 
 @pytest.mark.parametrize("body", ["exit", "interrupt"])
-def test_sys_exit_and_keyboard_interrupt_in_a_handler_are_failures(body, caplog):
+def test_sys_exit_and_keyboard_interrupt_in_a_handler_are_failures(body):
     eng = engine(on_error="dead-letter")
     eng.run([raw(body), raw("ok")])
     assert eng.handled == [body, "ok"]
     assert eng.dead() == [body]
     assert eng.deleted() == {body, "ok"}
-    [failure] = [r for r in caplog.records if r.getMessage() == "handler failed"]
-    assert failure.exc_info is not None
+    [failure] = eng.failed_log.records
+    assert failure["event"] == "handler failed" and failure["body"] == body
+    assert isinstance(failure["exc_info"], SystemExit | KeyboardInterrupt)
 
 
 def test_sys_exit_with_the_retry_policy_leaves_the_message():
@@ -276,3 +309,89 @@ def test_sys_exit_with_the_retry_policy_leaves_the_message():
     eng.run([raw("exit")])
     assert eng.deleted() == set() and eng.dead() == []
     assert eng.table.starts("id-exit") == 1
+
+
+# -- item 5: nothing a producer puts in a message stops the worker ---------------------------
+
+HOSTILE_NOT_BEFORE = [
+    {"DataType": "String", "StringValue": "nan"},
+    {"DataType": "String", "StringValue": "inf"},
+    {"DataType": "Number", "StringValue": "-inf"},
+    {"DataType": "String", "StringValue": "-1"},
+    {"DataType": "Number", "StringValue": "1e400"},
+    {"DataType": "String", "StringValue": ""},
+    {"DataType": "String", "StringValue": "abc"},
+    {"DataType": "String", "StringValue": "9" * 5000},
+    {"DataType": "String", "StringValue": "4102444800000"},  # year 131970: absurd
+    {"DataType": "Binary", "BinaryValue": b"\xff\x00\x01"},
+    {"DataType": "String"},
+    {"DataType": "String", "StringValue": 12},
+    {"StringValue": "1"},
+    "not an attribute",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_NOT_BEFORE, ids=[str(v)[:40] for v in HOSTILE_NOT_BEFORE])
+def test_a_hostile_not_before_attribute_is_ignored_and_logged_once(value):
+    eng = engine()
+    attributes = {"sqsd_not_before": value}
+    eng.run([raw("ok", attributes=attributes), raw("ok", attributes=attributes, receives=2)])
+    assert eng.handled == ["ok", "ok"]
+    assert eng.sqs.sent == []  # not re-delayed
+    [warning] = eng.log.named("sqsd_not_before ignored")
+    assert warning["message_id"] == "id-ok"
+
+
+def test_a_not_before_in_the_future_is_honoured():
+    eng = engine()
+    not_before = {"DataType": "String", "StringValue": repr(time.time() + 3600)}
+    eng.run([raw("ok", attributes={"sqsd_not_before": not_before})])
+    assert eng.handled == []
+    assert eng.sqs.sent[0]["DelaySeconds"] > 0
+    assert eng.deleted() == {"ok"}
+
+
+def test_garbage_bodies_and_attributes_reach_the_handler_and_the_loop_goes_on():
+    eng = engine()
+    attributes = {"blob": {"DataType": "Binary", "BinaryValue": bytes(range(256))},
+                  "weird": {"DataType": "Number.x", "StringValue": "NaN"},
+                  "sqsd_queue": {"DataType": "Binary", "BinaryValue": b"\0"}}
+    eng.run([raw("\ufffd\x00garbage", attributes=attributes), raw("ok")])
+    assert eng.handled == ["\ufffd\x00garbage", "ok"]
+
+
+def test_a_message_class_failing_on_a_message_is_that_handler_failure():
+    class Picky(Message):
+        __slots__ = ()
+
+        def __init__(self, raw: dict[str, Any], queue: str = "", suffix: str = "") -> None:
+            if raw["Body"] == "bad":
+                raise ValueError("picky")
+            super().__init__(raw, queue, suffix)
+
+    eng = engine(on_error="dead-letter")
+    worker = eng.worker()
+    worker.spec = replace(worker.spec, message_class=Picky)
+    with housekeeping(worker):
+        worker._process_batch([raw("bad"), raw("ok")])
+    assert eng.handled == ["ok"]
+    assert eng.dead() == ["bad"]
+    assert "picky" in eng.sqs.sent[0]["MessageAttributes"]["sqsd_error"]["StringValue"]
+
+
+def test_an_unexpected_error_outside_the_handler_leaves_the_message_and_goes_on():
+    eng = engine()
+    worker = eng.worker()
+
+    def broken_given_up(message: Message) -> str:
+        if message.body == "odd":
+            raise OverflowError("sqsd's own bug")
+        return ""
+
+    worker._given_up = broken_given_up  # type: ignore[method-assign]
+    with housekeeping(worker):
+        worker._process_batch([raw("odd"), raw("ok")])
+    assert eng.handled == ["ok"]
+    assert eng.deleted() == {"ok"}
+    [failure] = eng.log.named("message not processed")
+    assert failure["message_id"] == "id-odd"
