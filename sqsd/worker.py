@@ -44,6 +44,18 @@ RETRY_DELAY_BASE = 5  # RestartLater without delay: 5 s, 10 s, 20 s, ... per rec
 RETRY_DELAY_MAX = 900
 DLQ_ERROR_ATTRIBUTE = "sqsd_error"
 
+_forks = 0  # os.fork() calls made by this process (a handler's, or the master's)
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+# subprocess starts its children without these hooks: only os.fork() (and multiprocessing's
+# fork, which calls it) counts, so only then does the worker reap children it never made.
+os.register_at_fork(after_in_parent=_count_fork)
+
 
 class QuickStop(SystemExit):
     """Raised from the SIGQUIT handler: abandon the handler at once. The one SystemExit a
@@ -248,6 +260,8 @@ class Worker:
         self.idle_sleep = 0.0
         self.error_sleep = 0.0
         self.handled = 0
+        self.pid = os.getpid()  # a handler's fork returns in a child too: that is not us
+        self.forks_seen = _forks  # forks made by handlers since: children to reap
         self.warned: set[str] = set()  # message ids whose bad attributes were logged
         self.broken: dict[str, Exception] = {}  # message id -> why message_class failed
         recycle_after = self.queue.max_messages
@@ -299,6 +313,7 @@ class Worker:
 
     def _loop(self) -> int:
         while not self.stop_requested:
+            self._reap_forks()
             if os.getppid() != self.master_pid:
                 self.log.warning("master is gone; stopping")
                 return EXIT_OK
@@ -316,6 +331,7 @@ class Worker:
             if messages:
                 self.idle_sleep = 0.0
                 self._process_batch(messages)
+                self._reap_forks()
             elif not self.stop_requested and self.error_sleep == 0.0:
                 self._sleep_idle()
         return EXIT_OK
@@ -570,7 +586,10 @@ class Worker:
         broken = self.broken.pop(message.id, None)
         if broken is not None:
             raise broken
-        self.spec.handler(message)
+        try:
+            self.spec.handler(message)
+        finally:
+            self._exit_if_forked()
 
     def _restart_later(self, message: Message, exc: RestartLater, started: float) -> None:
         delay = exc.delay
@@ -705,7 +724,31 @@ class Worker:
         except QuickStop:
             raise
         except BaseException:  # noqa: BLE001 - a hook's sys.exit() does not end the worker
+            self._exit_if_forked()
             self.log.exception("after_message hook failed", message_id=message.id)
+        finally:
+            self._exit_if_forked()
+
+    def _exit_if_forked(self) -> None:
+        """A handler (or hook) that forked returns in the child as well: the child must
+        not go on with the batch, delete messages or log as the worker. It leaves at once."""
+        if os.getpid() != self.pid:
+            os._exit(0)
+
+    def _reap_forks(self) -> None:
+        """Reap the children a handler forked (no zombies), once they exit. Only after a
+        handler called os.fork(): reaping any child (-1) would otherwise take the exit status
+        a handler's own subprocess.Popen may still wait for."""
+        while self.forks_seen < _forks:  # one child to reap per fork
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # none left (the handler waited for them itself)
+                self.forks_seen = _forks
+                return
+            if pid == 0:  # still running: look again after the next batch
+                return
+            self.forks_seen += 1
+            self.log.debug("reaped a child a handler forked", pid=pid)
 
     # -- SQS calls on single messages ---------------------------------------------------
 

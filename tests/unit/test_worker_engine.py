@@ -395,3 +395,37 @@ def test_an_unexpected_error_outside_the_handler_leaves_the_message_and_goes_on(
     assert eng.deleted() == {"ok"}
     [failure] = eng.log.named("message not processed")
     assert failure["message_id"] == "id-odd"
+
+
+# -- item 6: a handler that forks ------------------------------------------------------------
+
+
+def test_a_child_forked_by_a_handler_leaves_at_once_and_is_reaped(tmp_path):
+    trace = tmp_path / "trace"
+    children: list[int] = []
+
+    def forking(message: Message) -> None:
+        with open(trace, "a") as fh:
+            fh.write(f"{os.getpid()} {message.body}\n")
+        if message.body == "fork":
+            pid = os.fork()
+            if pid:
+                children.append(pid)
+
+    eng = engine()
+    eng.handler = forking
+    worker = eng.worker()
+    with housekeeping(worker):
+        worker._process_batch([raw("fork"), raw("ok1"), raw("ok2")])
+    [child] = children
+    # The child left without touching the batch: one process handled every message.
+    assert trace.read_text().split() == [str(os.getpid()), "fork", str(os.getpid()), "ok1",
+                                         str(os.getpid()), "ok2"]
+    assert eng.deleted() == {"fork", "ok1", "ok2"}
+    # Reaped by the worker, not by this test: no zombie is left.
+    exited = os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)  # exited, still unreaped
+    assert (exited.si_code, exited.si_status) == (os.CLD_EXITED, 0)
+    worker._reap_forks()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)
+    assert worker.forks_seen == sys.modules["sqsd.worker"]._forks
