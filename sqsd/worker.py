@@ -7,6 +7,8 @@ the visibility of messages still in hand (the one running and those waiting in i
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import random
 import select
@@ -260,6 +262,7 @@ class Worker:
         self.idle_sleep = 0.0
         self.error_sleep = 0.0
         self.handled = 0
+        self.runner: asyncio.Runner | None = None  # async def handlers' event loop
         self.pid = os.getpid()  # a handler's fork returns in a child too: that is not us
         self.forks_seen = _forks  # forks made by handlers since: children to reap
         self.warned: set[str] = set()  # message ids whose bad attributes were logged
@@ -308,6 +311,8 @@ class Worker:
         finally:
             self._set_state(WorkerState.STOPPING)
             self.housekeeper.stop()
+            if self.runner is not None:
+                self.runner.close()
             self.log.info("worker stopped", pid=os.getpid(), handled=self.handled, code=code)
         return code
 
@@ -587,9 +592,19 @@ class Worker:
         if broken is not None:
             raise broken
         try:
-            self.spec.handler(message)
+            self._run(self.spec.handler(message))
         finally:
             self._exit_if_forked()
+
+    def _run(self, result: Any) -> Any:
+        """An ``async def`` handler (or hook) returned an awaitable: run it to the end on
+        the worker's one event loop, made at the first use and kept, so its outcome,
+        heartbeat and hard_timeout are those of a plain function."""
+        if not inspect.isawaitable(result):
+            return result
+        if self.runner is None:
+            self.runner = asyncio.Runner()
+        return self.runner.run(_awaited(result))
 
     def _restart_later(self, message: Message, exc: RestartLater, started: float) -> None:
         delay = exc.delay
@@ -720,7 +735,7 @@ class Worker:
     def _after_message(self, message: Message) -> None:
         try:
             if self.spec.after_message is not None:
-                self.spec.after_message(message)
+                self._run(self.spec.after_message(message))
         except QuickStop:
             raise
         except BaseException:  # noqa: BLE001 - a hook's sys.exit() does not end the worker
@@ -796,6 +811,10 @@ class Worker:
 
 class MissingQueue(Exception):  # noqa: N818
     """The worker's queue does not exist: a configuration problem, not a crash."""
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,6 +3,7 @@ to a message, with no process, thread of ours or network left behind."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -429,3 +430,55 @@ def test_a_child_forked_by_a_handler_leaves_at_once_and_is_reaped(tmp_path):
     with pytest.raises(ChildProcessError):
         os.waitpid(child, os.WNOHANG)
     assert worker.forks_seen == sys.modules["sqsd.worker"]._forks
+
+
+# -- item 3: async def receivers and tasks run ---------------------------------------------
+
+
+def test_async_handlers_are_awaited_on_one_loop_with_the_same_outcomes():
+    loops: list[int] = []
+
+    async def handler(message: Message) -> None:
+        loops.append(id(asyncio.get_running_loop()))
+        await asyncio.sleep(0)
+        eng.handled.append(message.body)
+        if message.body == "fail":
+            raise ValueError("async boom")
+        if message.body == "later":
+            raise RestartLater(delay=9)
+        if message.body == "exit":
+            sys.exit(1)
+
+    eng = engine(on_error="dead-letter")
+    eng.handler = handler
+    worker = eng.worker()
+    with housekeeping(worker):
+        worker._process_batch([raw("ok"), raw("fail"), raw("later"), raw("exit")])
+        worker._process_batch([raw("ok2")])
+    assert worker.runner is not None
+    worker.runner.close()
+
+    assert eng.handled == ["ok", "fail", "later", "exit", "ok2"]
+    assert len(set(loops)) == 1  # one loop per worker, reused
+    assert eng.deleted() == {"ok", "fail", "exit", "ok2"}
+    assert eng.dead() == ["fail", "exit"]
+    assert ("rh-id-later-1", 9) in eng.sqs.visibility
+
+
+def test_async_tasks_run_with_their_arguments():
+    from sqsd.decorators import Task
+    from sqsd.message import encode_call
+
+    got: list[tuple[int, int]] = []
+
+    async def add(a: int, b: int) -> int:
+        got.append((a, b))
+        return a + b
+
+    eng = engine()
+    eng.handler = Task("q", add).handle
+    worker = eng.worker()
+    with housekeeping(worker):
+        worker._process_batch([raw(encode_call([1, 2], {}))])
+    assert got == [(1, 2)]
+    assert len(eng.sqs.deleted) == 1
