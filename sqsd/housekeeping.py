@@ -90,8 +90,19 @@ class Heartbeat(threading.Thread):
             self.cond.notify_all()
 
     def release(self, message: Message) -> None:
+        self.release_handle(message.receipt_handle)
+
+    def release_handle(self, handle: str) -> None:
         with self.cond:
-            self.in_hand.pop(message.receipt_handle, None)
+            self.in_hand.pop(handle, None)
+
+    def deleting(self, message: Message) -> None:
+        """``message`` is queued for deletion: keep it hidden until the delete is done (a
+        slow delete must not let it reappear), and expect its handle to become invalid."""
+        with self.cond:
+            held = self.in_hand.get(message.receipt_handle)
+            if held is not None:
+                held.deleting = True
 
     def stop(self) -> None:
         with self.cond:
@@ -146,6 +157,8 @@ class Heartbeat(threading.Thread):
                         held.extended(sent_at + timeout, timeout)
                     elif "Code" in failure and failure_kind(failure) != "transient":
                         del self.in_hand[handle]
+                        if held.deleting:  # the delete won the race: nothing lost
+                            continue
                         self.slot.add(scoreboard.DROPPED)
                         self.log.warning(
                             "visibility heartbeat refused: the message is no longer ours, "
@@ -174,6 +187,7 @@ class _Held:
     deadline: float
     next_at: float
     failures: int = 0
+    deleting: bool = False
 
     def extended(self, deadline: float, timeout: int) -> None:
         self.deadline, self.next_at, self.failures = deadline, deadline - timeout / 2, 0
@@ -199,13 +213,15 @@ class Deleter(threading.Thread):
         slot: scoreboard.Slot,
         log: Any,
         on_deleted: Callable[[str], None],
+        on_done: Callable[[str], None] = lambda handle: None,
     ):
         super().__init__(name="sqsd-deleter", daemon=True)
         self.client = client
         self.url = url
         self.slot = slot
         self.log = log
-        self.on_deleted = on_deleted
+        self.on_deleted = on_deleted  # with the message id of each message SQS deleted
+        self.on_done = on_done  # with the receipt handle of each delete done or given up
         self.cond = threading.Condition()
         self.pending: list[tuple[str, str, int]] = []  # (message id, receipt handle, tries)
         self.oldest_pending = 0.0
@@ -286,12 +302,14 @@ class Deleter(threading.Thread):
         for position, (message_id, handle, tries) in enumerate(batch):
             failure = failed.get(position)
             if failure is None:
+                self.on_done(handle)
                 self.on_deleted(message_id)
                 continue
             kind = failure_kind(failure)
             if kind == "transient":
                 transient.append((message_id, handle, tries))
                 continue
+            self.on_done(handle)
             self.slot.add(scoreboard.DROPPED)
             if kind == "gone":
                 self.log.warning(
@@ -313,6 +331,9 @@ class Deleter(threading.Thread):
         """Put ``batch`` back in front for another try, except those tried too often:
         they reappear after their visibility timeout, a duplicate but never a loss."""
         retry = [(mid, handle, n + 1) for mid, handle, n in batch if n + 1 < DELETE_TRIES]
+        for _, handle, n in batch:
+            if n + 1 >= DELETE_TRIES:
+                self.on_done(handle)  # no longer kept hidden: it reappears
         with self.cond:
             if retry and not self.pending:
                 self.oldest_pending = time.monotonic()
@@ -334,7 +355,7 @@ class Housekeeper:
         on_deleted: Callable[[str], None] = lambda message_id: None,
     ):
         self.heartbeat = Heartbeat(client, url, visibility_timeout, slot, log)
-        self.deleter = Deleter(client, url, slot, log, on_deleted)
+        self.deleter = Deleter(client, url, slot, log, on_deleted, self.heartbeat.release_handle)
 
     def start(self) -> None:
         self.heartbeat.start()
@@ -349,8 +370,9 @@ class Housekeeper:
         self.heartbeat.release(message)
 
     def delete(self, message: Message) -> None:
-        """Queue a delete; a full batch is sent at once, a partial one within a second."""
-        self.heartbeat.release(message)
+        """Queue a delete; a full batch is sent at once, a partial one within a second.
+        The heartbeat keeps the message hidden until the delete is done."""
+        self.heartbeat.deleting(message)
         self.deleter.add(message)
 
     def flush(self, *, wait: bool = False) -> None:

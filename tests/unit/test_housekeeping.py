@@ -193,3 +193,22 @@ def test_the_engine_helpers_stop_their_threads():
     with housekeeping(worker):
         assert worker.housekeeper is not None and worker.housekeeper.is_alive()
     assert not worker.housekeeper.is_alive()
+
+
+def test_a_message_waiting_for_a_slow_delete_stays_in_hand_until_deleted(keeper):
+    made, sqs, log, deleted = keeper
+    release = threading.Event()
+    sqs.script("delete", lambda entries: (release.wait(30), ok(entries))[1])
+    finished = message("finished")
+    made.hold([finished], time.monotonic())
+    made.delete(finished)
+    made.flush()
+    sqs.wait_calls("delete", 1)
+    held = made.heartbeat.in_hand["rh-id-finished-1"]
+    assert held.deleting  # still extended while the delete hangs
+    release.set()
+    made.flush(wait=True)
+    with made.heartbeat.cond:
+        assert made.heartbeat.cond.wait_for(lambda: not made.heartbeat.in_hand, 10)
+    assert deleted == ["id-finished"]
+    assert not log.named("no longer ours")
