@@ -609,18 +609,23 @@ class Worker:
 
     def _delete_now(self, message: Message) -> bool:
         assert self.housekeeper is not None
-        self.housekeeper.release(message)
+        # Still kept hidden while the call is in flight: a slow delete must not let the
+        # message reappear (and run elsewhere) before it is gone.
+        self.housekeeper.deleting(message)
         try:
             self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
         except Exception as exc:
             self.log.warning("delete failed", message_id=message.id, error=str(exc))
             return False
         finally:
+            self.housekeeper.release(message)
             self.slot.add(scoreboard.DELETES)
         self.attempts.forget(message.id)
         return True
 
     def _change_visibility(self, message: Message, seconds: int) -> None:
+        assert self.housekeeper is not None
+        self.housekeeper.release(message)  # or the heartbeat could undo the new timeout
         seconds = max(0, min(seconds, MAX_VISIBILITY))
         try:
             self.client.change_message_visibility(
