@@ -1,32 +1,35 @@
 """The worker: one process, one SQS queue URL, one handler.
 
-The main thread long-polls, calls the handler and decides each message's outcome. A
-housekeeper thread deletes finished messages in batches off the handler path and extends
-the visibility of messages still in hand (the one running and those waiting in its batch).
+The main thread long-polls, calls the handler and decides each message's outcome. Two
+helper threads (sqsd.housekeeping) delete finished messages in batches off the handler
+path and extend the visibility of messages still in hand (the one running and those
+waiting in its batch).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import random
 import select
 import signal
-import threading
 import time
 from typing import Any
 
 import setproctitle
 
 from sqsd import logs, scoreboard
+from sqsd.attempts import AttemptTable
 from sqsd.config import Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE, RestartLater
-from sqsd.givebacks import GiveBacks
-from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
+from sqsd.housekeeping import Housekeeper, failure_kind
+from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message, read_not_before
 from sqsd.plan import WorkerSpec  # re-exported: its home was here
 from sqsd.sqs import (
     MAX_ATTRIBUTES,
-    MAX_BATCH,
     MAX_VISIBILITY,
+    batches,
     encode_attributes,
     ensure_queue,
     is_missing_queue,
@@ -36,165 +39,33 @@ from sqsd.sqs import (
 )
 from sqsd.states import WorkerState
 
-DELETE_FLUSH_AGE = 1.0  # seconds a finished message may wait for a fuller delete batch
-FLUSH_WAIT_MAX = 30.0
 ERROR_BACKOFF_MAX = 30.0
+GIVE_BACK_TRIES = 3
 RETRY_DELAY_BASE = 5  # RestartLater without delay: 5 s, 10 s, 20 s, ... per receive
 RETRY_DELAY_MAX = 900
 DLQ_ERROR_ATTRIBUTE = "sqsd_error"
+
+_forks = 0  # os.fork() calls made by this process (a handler's, or the master's)
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+# subprocess starts its children without these hooks: only os.fork() (and multiprocessing's
+# fork, which calls it) counts, so only then does the worker reap children it never made.
+os.register_at_fork(after_in_parent=_count_fork)
+
+
+class QuickStop(SystemExit):
+    """Raised from the SIGQUIT handler: abandon the handler at once. The one SystemExit a
+    handler's frame lets through; any other (``sys.exit()`` in user code) is a failure."""
 
 
 class StopReceiving(BaseException):  # noqa: N818 - a control-flow signal, not an error
     """Raised from the SIGTERM handler to abandon a long poll or idle sleep in progress.
     A BaseException, so botocore's retry logic (``except Exception``) lets it through."""
-
-
-class Housekeeper(threading.Thread):
-    """Deletes finished messages in batches and extends visibility of messages in hand."""
-
-    def __init__(
-        self, client: Any, url: str, visibility_timeout: int, slot: scoreboard.Slot, log: Any
-    ):
-        super().__init__(name="sqsd-housekeeper", daemon=True)
-        self.client = client
-        self.url = url
-        self.visibility_timeout = visibility_timeout
-        self.slot = slot
-        self.log = log
-        self.cond = threading.Condition()
-        self.pending: list[tuple[str, str, int]] = []  # (message id, receipt handle, attempts)
-        self.oldest_pending = 0.0
-        self.in_hand: dict[str, float] = {}  # receipt handle -> visibility deadline
-        self.flush_requested = False
-        self.deleting = False  # a batch taken from pending is being deleted
-        self.stopping = False
-
-    def hold(self, messages: list[Message], received_at: float) -> None:
-        deadline = received_at + self.visibility_timeout
-        with self.cond:
-            was_empty = not self.in_hand
-            for message in messages:
-                self.in_hand[message.receipt_handle] = deadline
-            if was_empty:  # otherwise the thread already wakes before this later deadline
-                self.cond.notify_all()
-
-    def release(self, message: Message) -> None:
-        with self.cond:
-            self.in_hand.pop(message.receipt_handle, None)
-
-    def delete(self, message: Message) -> None:
-        """Queue a delete; a full batch is sent at once, a partial one within a second."""
-        with self.cond:
-            self.in_hand.pop(message.receipt_handle, None)
-            if not self.pending:
-                self.oldest_pending = time.monotonic()
-            self.pending.append((message.id, message.receipt_handle, 0))
-            if len(self.pending) >= MAX_BATCH:
-                self.cond.notify_all()
-
-    def flush(self, *, wait: bool = False) -> None:
-        """Ask for pending deletes to go out now (end of a batch); with ``wait``, return
-        once they are done (FIFO: a group stays locked until its messages are deleted)."""
-        with self.cond:
-            if self.pending:
-                self.flush_requested = True
-                self.cond.notify_all()
-            if wait:
-                self.cond.wait_for(lambda: not (self.pending or self.deleting), FLUSH_WAIT_MAX)
-
-    def stop(self) -> None:
-        """Flush what is pending and end the thread; returns when it is done."""
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-        self.join()
-
-    def run(self) -> None:
-        while True:
-            with self.cond:
-                if not self._has_work():
-                    # Woken by new work or a change of deadlines: recompute and go round.
-                    self.cond.wait(self._next_timeout())
-                batch = self._take_batch()
-                self.deleting = bool(batch)
-                stopping = self.stopping and not self.pending
-            if batch:
-                self._delete_batch(batch)
-                with self.cond:
-                    self.deleting = False
-                    self.cond.notify_all()
-            self._extend_due()
-            if stopping and not batch:
-                return
-
-    def _has_work(self) -> bool:
-        return self.stopping or self.flush_requested or len(self.pending) >= MAX_BATCH
-
-    def _next_timeout(self) -> float | None:
-        timeouts = []
-        now = time.monotonic()
-        if self.pending:
-            timeouts.append(self.oldest_pending + DELETE_FLUSH_AGE - now)
-        if self.in_hand:
-            soonest = min(self.in_hand.values())
-            timeouts.append(soonest - self.visibility_timeout / 2 - now)
-        return max(0.0, min(timeouts)) if timeouts else None
-
-    def _take_batch(self) -> list[tuple[str, str, int]]:
-        due = self.pending and time.monotonic() - self.oldest_pending >= DELETE_FLUSH_AGE
-        if not (self.flush_requested or self.stopping or due or len(self.pending) >= MAX_BATCH):
-            return []
-        batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
-        self.flush_requested = bool(self.pending) and self.flush_requested
-        self.oldest_pending = time.monotonic()
-        return batch
-
-    def _delete_batch(self, batch: list[tuple[str, str, int]]) -> None:
-        entries = [{"Id": str(i), "ReceiptHandle": entry[1]} for i, entry in enumerate(batch)]
-        try:
-            response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
-        except Exception as exc:
-            retry = [(mid, handle, tries + 1) for mid, handle, tries in batch if tries + 1 < 3]
-            # Given up: the messages reappear after their visibility timeout, a duplicate
-            # but never a loss.
-            self.log.warning(
-                "delete failed", error=str(exc), messages=len(batch), retrying=len(retry)
-            )
-            with self.cond:
-                if retry and not self.pending:
-                    self.oldest_pending = time.monotonic()
-                self.pending[:0] = retry
-            return
-        finally:
-            self.slot.add(scoreboard.DELETES)
-        for failure in response.get("Failed", []):
-            self.slot.add(scoreboard.DROPPED)
-            message_id = batch[int(failure["Id"])][0]
-            self.log.warning("delete refused", message_id=message_id, error=failure.get("Message"))
-
-    def _extend_due(self) -> None:
-        if not self.in_hand:
-            return
-        now = time.monotonic()
-        with self.cond:
-            due = [
-                h
-                for h, deadline in self.in_hand.items()
-                if deadline - now <= self.visibility_timeout / 2
-            ]
-            for handle in due:
-                self.in_hand[handle] = now + self.visibility_timeout
-        for start in range(0, len(due), MAX_BATCH):
-            chunk = due[start : start + MAX_BATCH]
-            entries = [
-                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.visibility_timeout}
-                for i, h in enumerate(chunk)
-            ]
-            try:
-                self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
-            except Exception as exc:
-                self.log.warning("visibility heartbeat failed", error=str(exc))
-            self.slot.add(scoreboard.VISIBILITY_CHANGES)
 
 
 class Worker:
@@ -206,7 +77,7 @@ class Worker:
         settings: Settings,
         *,
         slot: scoreboard.Slot,
-        givebacks: GiveBacks,
+        attempts: AttemptTable,
         wake_fd: int,
         master_pid: int,
         message_limit: int = 0,
@@ -215,7 +86,7 @@ class Worker:
         self.queue = spec.queue
         self.settings = settings
         self.slot = slot
-        self.givebacks = givebacks
+        self.attempts = attempts  # handler starts per message id, shared by this host
         self.wake_fd = wake_fd
         self.master_pid = master_pid
         self.log = logs.get("sqsd.worker", queue=spec.queue.name, suffix=spec.suffix)
@@ -230,6 +101,11 @@ class Worker:
         self.idle_sleep = 0.0
         self.error_sleep = 0.0
         self.handled = 0
+        self.runner: asyncio.Runner | None = None  # async def handlers' event loop
+        self.pid = os.getpid()  # a handler's fork returns in a child too: that is not us
+        self.forks_seen = _forks  # forks made by handlers since: children to reap
+        self.warned: set[str] = set()  # message ids whose bad attributes were logged
+        self.broken: dict[str, Exception] = {}  # message id -> why message_class failed
         recycle_after = self.queue.max_messages
         if recycle_after:  # jitter, so sibling workers don't recycle at the same moment
             recycle_after += random.randint(0, recycle_after // 10)
@@ -259,7 +135,12 @@ class Worker:
         if self.stop_requested:
             return EXIT_OK
         self.housekeeper = Housekeeper(
-            self.client, self.url, self.queue.visibility_timeout, self.slot, self.log
+            self.client,
+            self.url,
+            self.queue.visibility_timeout,
+            self.slot,
+            self.log,
+            on_deleted=self.attempts.forget,
         )
         self.housekeeper.start()
         self.log.info("worker started", pid=os.getpid(), url=self.url)
@@ -269,11 +150,14 @@ class Worker:
         finally:
             self._set_state(WorkerState.STOPPING)
             self.housekeeper.stop()
+            if self.runner is not None:
+                self.runner.close()
             self.log.info("worker stopped", pid=os.getpid(), handled=self.handled, code=code)
         return code
 
     def _loop(self) -> int:
         while not self.stop_requested:
+            self._reap_forks()
             if os.getppid() != self.master_pid:
                 self.log.warning("master is gone; stopping")
                 return EXIT_OK
@@ -291,6 +175,7 @@ class Worker:
             if messages:
                 self.idle_sleep = 0.0
                 self._process_batch(messages)
+                self._reap_forks()
             elif not self.stop_requested and self.error_sleep == 0.0:
                 self._sleep_idle()
         return EXIT_OK
@@ -339,7 +224,7 @@ class Worker:
         """Quick stop: abandon the handler; its message reappears after the visibility
         timeout. Pending deletes are still flushed on the way out."""
         self.stop_requested = True
-        raise SystemExit(EXIT_OK)
+        raise QuickStop(EXIT_OK)
 
     def _recycle_reason(self) -> str:
         if self.recycle_after and self.handled >= self.recycle_after:
@@ -433,7 +318,7 @@ class Worker:
     def _process_batch(self, raws: list[dict[str, Any]]) -> None:
         received_at = time.monotonic()
         queue_name, suffix = self.queue.name, self.spec.suffix
-        messages = [self.spec.message_class(raw, queue_name, suffix) for raw in raws]
+        messages = [self._message(raw, queue_name, suffix) for raw in raws]
         housekeeper = self.housekeeper
         assert housekeeper is not None
         housekeeper.hold(messages, received_at)
@@ -447,32 +332,57 @@ class Worker:
             if group is not None and group in blocked_groups:
                 self._give_back([message])
                 continue
-            kept = self._process(message)
+            try:
+                kept = self._process(message)
+            except Exception:
+                # Whatever a producer put in the message, the loop goes on; the message
+                # stays in the queue and max_receives gives up on it in the end.
+                self.log.exception("message not processed", message_id=message.id)
+                housekeeper.release(message)
+                kept = True
             if kept and group is not None:
                 blocked_groups.add(group)
+        self.broken.clear()  # those never handled (given back, re-delayed) come back anew
         housekeeper.flush(wait=self.queue.fifo)
+
+    def _message(self, raw: dict[str, Any], queue_name: str, suffix: str) -> Message:
+        """The handler's message; a plain Message when the queue's message class fails on
+        this one (its handler then fails with that error, under the on_error policy)."""
+        try:
+            return self.spec.message_class(raw, queue_name, suffix)
+        except Exception as exc:
+            message = Message(raw, queue_name, suffix)
+            self.broken[message.id] = exc
+            return message
 
     def _process(self, message: Message) -> bool:
         """Handle one message; True when it stays in the queue (FIFO order must wait)."""
         housekeeper = self.housekeeper
         assert housekeeper is not None
-        attrs = message.raw.get("MessageAttributes")
-        if attrs and NOT_BEFORE_ATTRIBUTE in attrs and self._redelay(message):
+        not_before, problem = read_not_before(message.raw)
+        if problem:
+            self._warn_once(message, f"{NOT_BEFORE_ATTRIBUTE} ignored: {problem}")
+        if not_before is not None and self._redelay(message, not_before):
             return False
-        given_back = self.givebacks.count(message.id) if message.receive_count > 1 else 0
-        if message.receive_count - given_back > self.queue.max_retries + 1:
-            reason = f"received {message.receive_count} times (max_retries)"
-            if given_back:
-                reason += f", {given_back} of them given back unstarted"
+        reason = self._given_up(message)
+        if reason:
             if self._dead_letter(message, reason):
-                self.givebacks.forget(message.id)
                 return False
             housekeeper.release(message)  # stays in the queue: no heartbeat keeps it hidden
             return True
-        kept = self._handle(message)
-        if given_back and not kept:
-            self.givebacks.forget(message.id)
-        return kept
+        return self._handle(message)
+
+    def _given_up(self, message: Message) -> str:
+        """Why ``message`` goes without its handler being called again ("" when it does
+        not): its handler started ``max_retries + 1`` times on this host and never finished
+        (say it crashed the worker each time), or SQS delivered it more than ``max_receives``
+        times (the safety net for starts this host never saw)."""
+        starts = self.attempts.starts(message.id)
+        if starts > self.queue.max_retries:
+            return f"handler started {starts} times (max_retries)"
+        if message.receive_count > self.queue.receive_limit:
+            return f"received {message.receive_count} times (max_receives)"
+        return ""
 
     def _handle(self, message: Message) -> bool:
         """Call the handler and act on its outcome; True when the message stays queued."""
@@ -480,16 +390,29 @@ class Worker:
         assert housekeeper is not None
         if self.queue.delete_on_start and not self._delete_now(message):
             return True
+        if not self.queue.delete_on_start:
+            # Recorded before the handler runs, so a crash inside it is charged to it alone.
+            self.attempts.start(message.id)
         self.slot.start_message(message.id)
         self.slot.observe_age(scoreboard.message_age(message.attributes))
         started = time.monotonic()
         kept = False
         try:
-            self.spec.handler(message)
+            try:  # in this frame: a failure's traceback shows one line of sqsd, not two
+                broken = self.broken.pop(message.id, None)
+                if broken is not None:
+                    raise broken
+                self._run(self.spec.handler(message))
+            finally:
+                self._exit_if_forked()
         except RestartLater as exc:
             kept = True
             self._restart_later(message, exc, started)
-        except Exception as exc:
+        except QuickStop:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() and Ctrl-C in a handler too
+            # A handler's SystemExit or KeyboardInterrupt is its failure, not the worker's
+            # end: the queue's on_error policy applies, as for any exception.
             kept = self._fail(message, exc, started)
         else:
             self.slot.add(scoreboard.PROCESSED)
@@ -510,6 +433,16 @@ class Worker:
             housekeeper.release(message)
         return kept
 
+    def _run(self, result: Any) -> Any:
+        """An ``async def`` handler (or hook) returned an awaitable: run it to the end on
+        the worker's one event loop, made at the first use and kept, so its outcome,
+        heartbeat and hard_timeout are those of a plain function."""
+        if not inspect.isawaitable(result):
+            return result
+        if self.runner is None:
+            self.runner = asyncio.Runner()
+        return self.runner.run(_awaited(result))
+
     def _restart_later(self, message: Message, exc: RestartLater, started: float) -> None:
         delay = exc.delay
         if delay is None:
@@ -525,7 +458,7 @@ class Worker:
             duration=round(time.monotonic() - started, 4),
         )
 
-    def _fail(self, message: Message, exc: Exception, started: float) -> bool:
+    def _fail(self, message: Message, exc: BaseException, started: float) -> bool:
         """Log, record the body, then apply the error policy; True when the message stays."""
         self.slot.add(scoreboard.FAILED)
         policy = self.queue.error_policy
@@ -542,8 +475,14 @@ class Worker:
             error=_describe(exc),
             body=message.body,
         )
-        if not recorded or policy == "retry":
+        if not recorded:
             return True
+        if policy == "retry":
+            starts = self.attempts.starts(message.id)
+            if starts <= self.queue.max_retries:
+                return True
+            reason = f"handler failed {starts} times (max_retries): {_describe(exc)}"
+            return not self._dead_letter(message, reason, announced=True)
         if policy == "dead-letter":
             return not self._dead_letter(message, _describe(exc), announced=True)
         return not self._delete_now(message)
@@ -596,14 +535,19 @@ class Worker:
         log("dead-lettered", message_id=message.id, reason=reason)
         return self._delete_now(message)
 
-    def _redelay(self, message: Message) -> bool:
+    def _warn_once(self, message: Message, warning: str) -> None:
+        """One warning per message id and worker for what a producer got wrong."""
+        if message.id in self.warned:
+            return
+        if len(self.warned) >= 1000:
+            self.warned.clear()
+        self.warned.add(message.id)
+        self.log.warning(warning, message_id=message.id)
+
+    def _redelay(self, message: Message, not_before: float) -> bool:
         """A delay above SQS's maximum: send again with the remaining delay until due.
         True when the message was re-delayed (and so not handled now)."""
         attrs = message.raw["MessageAttributes"]
-        try:
-            not_before = float(attrs[NOT_BEFORE_ATTRIBUTE]["StringValue"])
-        except (KeyError, ValueError):
-            return False
         remaining = not_before - time.time()
         if remaining <= 0:
             return False
@@ -628,25 +572,57 @@ class Worker:
     def _after_message(self, message: Message) -> None:
         try:
             if self.spec.after_message is not None:
-                self.spec.after_message(message)
-        except Exception:
+                self._run(self.spec.after_message(message))
+        except QuickStop:
+            raise
+        except BaseException:  # noqa: BLE001 - a hook's sys.exit() does not end the worker
+            self._exit_if_forked()
             self.log.exception("after_message hook failed", message_id=message.id)
+        finally:
+            self._exit_if_forked()
+
+    def _exit_if_forked(self) -> None:
+        """A handler (or hook) that forked returns in the child as well: the child must
+        not go on with the batch, delete messages or log as the worker. It leaves at once."""
+        if os.getpid() != self.pid:
+            os._exit(0)
+
+    def _reap_forks(self) -> None:
+        """Reap the children a handler forked (no zombies), once they exit. Only after a
+        handler called os.fork(): reaping any child (-1) would otherwise take the exit status
+        a handler's own subprocess.Popen may still wait for."""
+        while self.forks_seen < _forks:  # one child to reap per fork
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # none left (the handler waited for them itself)
+                self.forks_seen = _forks
+                return
+            if pid == 0:  # still running: look again after the next batch
+                return
+            self.forks_seen += 1
+            self.log.debug("reaped a child a handler forked", pid=pid)
 
     # -- SQS calls on single messages ---------------------------------------------------
 
     def _delete_now(self, message: Message) -> bool:
         assert self.housekeeper is not None
-        self.housekeeper.release(message)
+        # Still kept hidden while the call is in flight: a slow delete must not let the
+        # message reappear (and run elsewhere) before it is gone.
+        self.housekeeper.deleting(message)
         try:
             self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
         except Exception as exc:
             self.log.warning("delete failed", message_id=message.id, error=str(exc))
             return False
         finally:
+            self.housekeeper.release(message)
             self.slot.add(scoreboard.DELETES)
+        self.attempts.forget(message.id)
         return True
 
     def _change_visibility(self, message: Message, seconds: int) -> None:
+        assert self.housekeeper is not None
+        self.housekeeper.release(message)  # or the heartbeat could undo the new timeout
         seconds = max(0, min(seconds, MAX_VISIBILITY))
         try:
             self.client.change_message_visibility(
@@ -661,23 +637,59 @@ class Worker:
         assert self.housekeeper is not None
         self.slot.add(scoreboard.GIVEN_BACK, len(messages))
         for message in messages:
-            self.housekeeper.release(message)
-            self.givebacks.add(message.id)
-        for start in range(0, len(messages), MAX_BATCH):
-            chunk = messages[start : start + MAX_BATCH]
-            entries = [
-                {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
-                for i, m in enumerate(chunk)
-            ]
+            self.housekeeper.release(message)  # never started: no attempt to count
+        for attempt in range(GIVE_BACK_TRIES):
+            if attempt:
+                time.sleep(0.1 * 2**attempt)  # throttled or a server fault: a moment's pause
+            messages = self._give_back_once(messages)
+            if not messages:
+                return
+        # Not given back: they reappear after their visibility timeout all the same.
+        self.log.warning("give back given up", messages=len(messages))
+
+    def _give_back_once(self, messages: list[Message]) -> list[Message]:
+        """One ChangeMessageVisibilityBatch to 0 per ten messages; returns those to retry."""
+        retry: list[Message] = []
+        for chunk, entries in batches(
+            messages, lambda m: {"ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+        ):
             try:
-                self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
+                response = self.client.change_message_visibility_batch(
+                    QueueUrl=self.url, Entries=entries
+                )
             except Exception as exc:
                 self.log.warning("give back failed", messages=len(chunk), error=str(exc))
-            self.slot.add(scoreboard.VISIBILITY_CHANGES)
+                retry.extend(chunk)
+                continue
+            finally:
+                self.slot.add(scoreboard.VISIBILITY_CHANGES)
+            for failure in response.get("Failed", []):
+                message = chunk[int(failure["Id"])]
+                kind = failure_kind(failure)
+                if kind == "transient":
+                    retry.append(message)
+                elif kind == "gone":
+                    self.log.warning(
+                        "give back refused: the message is no longer ours, it may be handled again",
+                        message_id=message.id,
+                        code=failure.get("Code"),
+                    )
+                else:  # it reappears after its visibility timeout instead
+                    self.log.warning(
+                        "give back refused",
+                        message_id=message.id,
+                        code=failure.get("Code"),
+                        error=failure.get("Message"),
+                    )
+        return retry
 
 
 class MissingQueue(Exception):  # noqa: N818
     """The worker's queue does not exist: a configuration problem, not a crash."""
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _describe(exc: BaseException) -> str:
