@@ -201,7 +201,7 @@ def test_sys_exit_in_a_handler_is_a_handler_failure_and_the_worker_goes_on(harne
     ledger.send("sysexit", [exits[0], innocents[0], exits[1], innocents[1]],
                 expect=lambda body: "dead" if body in exits else "handled")
 
-    ledger.wait_settled(timeout=25, queues=["sysexit"], daemon=daemon)
+    ledger.wait_settled(timeout=15, queues=["sysexit"], daemon=daemon)
 
     [program] = program_status(daemon, "sysexit")
     figures = report("sys_exit", ledger, exit_starts={b: len(starts(harness, b)) for b in exits},
@@ -360,16 +360,19 @@ def test_failed_entries_of_delete_message_batch_are_retried(harness, ledger, pro
 
 
 def test_failed_entries_of_the_visibility_heartbeat_are_retried(harness, ledger, proxy):
-    queues = {"hbfail": {"receiver": RECEIVER, "processes": 2}}
+    # visibility_timeout 10: extensions are due every 5 s. The first two extension calls
+    # answer with a transient Failed entry (in a successful response). Retried with backoff
+    # well before the deadline, the third keeps the message hidden; ignored, the next
+    # regular extension comes after the visibility lapsed, and the idle second process
+    # takes the message while it still runs.
+    queues = {"hbfail": {"receiver": RECEIVER, "processes": 2, "visibility_timeout": 10}}
     daemon = harness.start(queues, endpoint_url=proxy.url)
-    # The extensions due at 1/2 and at the end of the visibility timeout both fail; a
-    # retry with backoff before the deadline keeps the message hidden.
     proxy.fail_batch_entries("ChangeMessageVisibilityBatch", times=2)
-    ledger.send("hbfail", ["sleep:9|hb"])
+    ledger.send("hbfail", ["sleep:14|hb"])
 
-    ledger.wait_settled(timeout=40, queues=["hbfail"], daemon=daemon)
+    ledger.wait_settled(timeout=45, queues=["hbfail"], daemon=daemon)
 
-    hb_starts = len(starts(harness, "sleep:9|hb"))
+    hb_starts = len(starts(harness, "sleep:14|hb"))
     figures = report("heartbeat_failed_entries", ledger, hb_starts=hb_starts,
                      visibility_batches=proxy.counts()["ChangeMessageVisibilityBatch"])
     assert_nothing_dropped(figures)
