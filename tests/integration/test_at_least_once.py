@@ -85,6 +85,20 @@ def program_status(daemon, queue: str) -> list[dict[str, Any]]:
     return [w for w in daemon.status()["workers"] if w["queue"] == queue]
 
 
+def settle(ledger: Ledger, daemon, queues: list[str], timeout: float) -> None:
+    """``ledger.wait_settled``; a failure also says how the workers fared meanwhile
+    (restarts, state, last exit), which is usually why messages were not settled."""
+    try:
+        ledger.wait_settled(timeout=timeout, queues=queues, daemon=daemon)
+    except AssertionError as exc:
+        try:
+            workers = [{k: w.get(k) for k in ("queue", "pid", "state", "restarts", "last_exit")}
+                       for w in daemon.status()["workers"]]
+        except Exception as status_error:  # the daemon may be gone: say so instead
+            workers = f"no status: {status_error}"
+        raise AssertionError(f"{exc}\nworkers: {workers}") from None
+
+
 def assert_nothing_dropped(figures: dict[str, Any]) -> None:
     assert figures["lost"] == 0, figures
     assert not figures["dead_but_expected_handled"], figures
@@ -106,7 +120,7 @@ def test_crash_mid_batch_dead_letters_only_the_crashing_message_after_max_retrie
                 expect=lambda body: "dead" if body.startswith("crash") else "handled")
     daemon = harness.start(queues, ready=False)
 
-    ledger.wait_settled(timeout=45, queues=["crash"], daemon=daemon)
+    settle(ledger, daemon, ["crash"], timeout=45)
 
     crash_starts = len(starts(harness, "crash|c1"))
     figures = report("crash_mid_batch", ledger, crash_starts=crash_starts,
@@ -137,7 +151,7 @@ def test_messages_given_back_at_a_graceful_stop_are_handled_after_a_restart(harn
     assert first.terminate() == 0  # graceful: slow finishes, g1..g3 are given back unstarted
     given_back_unstarted = all(not starts(harness, b) for b in rest)
     second = harness.start(queues, ready=False)
-    ledger.wait_settled(timeout=30, queues=["graceful"], daemon=second)
+    settle(ledger, second, ["graceful"], timeout=30)
 
     figures = report("given_back_then_restarted", ledger,
                      given_back_unstarted=given_back_unstarted,
@@ -173,7 +187,7 @@ def test_async_receiver_and_async_task_are_awaited_and_failures_follow_on_error(
     ledger.send("atask", tasks_ok)
     ledger.send("atask", [task_fail], expect="dead")
 
-    ledger.wait_settled(timeout=45, queues=["async", "atask"], daemon=daemon)
+    settle(ledger, daemon, ["async", "atask"], timeout=45)
 
     failing_starts = {"fail|a3": len(starts(harness, "fail|a3")),
                       task_fail: len(starts(harness, task_fail))}
@@ -201,7 +215,7 @@ def test_sys_exit_in_a_handler_is_a_handler_failure_and_the_worker_goes_on(harne
     ledger.send("sysexit", [exits[0], innocents[0], exits[1], innocents[1]],
                 expect=lambda body: "dead" if body in exits else "handled")
 
-    ledger.wait_settled(timeout=15, queues=["sysexit"], daemon=daemon)
+    settle(ledger, daemon, ["sysexit"], timeout=15)
 
     [program] = program_status(daemon, "sysexit")
     figures = report("sys_exit", ledger, exit_starts={b: len(starts(harness, b)) for b in exits},
@@ -238,7 +252,7 @@ def test_hostile_sqsd_not_before_values_are_ignored_and_never_crash_the_worker(h
         ledger.send("hostile", [f"ok|{data_type}:{value}"],
                     attributes={"sqsd_not_before": {"DataType": data_type, "StringValue": value}})
 
-    ledger.wait_settled(timeout=20, queues=["hostile"], daemon=daemon)
+    settle(ledger, daemon, ["hostile"], timeout=20)
 
     [program] = program_status(daemon, "hostile")
     figures = report("hostile_attributes", ledger, restarts=program["restarts"],
@@ -261,7 +275,7 @@ def test_a_handler_that_forks_leaves_the_batch_to_the_worker_and_no_child_behind
     ledger.send("forks", bodies)
     daemon = harness.start(queues, ready=False)
 
-    ledger.wait_settled(timeout=20, queues=["forks"], daemon=daemon)
+    settle(ledger, daemon, ["forks"], timeout=20)
     children = [r["child"] for r in harness.records("forked")]
 
     def leftovers() -> list[int]:
@@ -332,7 +346,7 @@ def test_a_slow_delete_does_not_let_a_running_message_become_visible_again(
                      what="the first DeleteMessageBatch")
     proxy.action_faults.clear()
 
-    ledger.wait_settled(timeout=40, queues=["slowdel"], daemon=daemon)
+    settle(ledger, daemon, ["slowdel"], timeout=40)
 
     long_starts = len(starts(harness, "sleep:9|long"))
     figures = report("slow_delete", ledger, long_starts=long_starts,
@@ -348,8 +362,8 @@ def test_failed_entries_of_delete_message_batch_are_retried(harness, ledger, pro
     proxy.fail_batch_entries("DeleteMessageBatch", times=1)
     ledger.send("delfail", ["ok|e1"])
 
-    # Deleted at last: nothing can come back after this.
-    ledger.wait_settled(timeout=20, queues=["delfail"], daemon=daemon)
+    # Deleted at last (the queue is empty): nothing can come back after this.
+    settle(ledger, daemon, ["delfail"], timeout=20)
 
     e1_starts = len(starts(harness, "ok|e1"))
     figures = report("delete_failed_entries", ledger, e1_starts=e1_starts,
@@ -370,7 +384,7 @@ def test_failed_entries_of_the_visibility_heartbeat_are_retried(harness, ledger,
     proxy.fail_batch_entries("ChangeMessageVisibilityBatch", times=2)
     ledger.send("hbfail", ["sleep:14|hb"])
 
-    ledger.wait_settled(timeout=45, queues=["hbfail"], daemon=daemon)
+    settle(ledger, daemon, ["hbfail"], timeout=45)
 
     hb_starts = len(starts(harness, "sleep:14|hb"))
     figures = report("heartbeat_failed_entries", ledger, hb_starts=hb_starts,
