@@ -26,6 +26,7 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import queue_counts
 
 from sqsd.message import encode_call
 from tests.chaos.ledger import Ledger
@@ -391,3 +392,36 @@ def test_failed_entries_of_the_visibility_heartbeat_are_retried(harness, ledger,
                      visibility_batches=proxy.counts()["ChangeMessageVisibilityBatch"])
     assert_nothing_dropped(figures)
     assert hb_starts == 1, "a failed heartbeat entry was ignored: the message ran twice"
+
+
+def test_failed_entries_of_a_give_back_are_retried(harness, ledger, proxy):
+    # A graceful stop gives back received but unstarted messages (visibility 0) with
+    # ChangeMessageVisibilityBatch; its first call answers every entry Failed. Retried, the
+    # messages are visible again as soon as the daemon is gone; ignored, they stay hidden
+    # until their visibility timeout (5 s after the receive).
+    queues = {"gbfail": {"receiver": RECEIVER, "batch_size": 10}}
+    create_queue(harness, "gbfail")
+    rest = ["ok|b1", "ok|b2", "ok|b3"]
+    ledger.send("gbfail", ["sleep:1.5|first", *rest])  # shorter than half the visibility
+    first = harness.start(queues, ready=False, endpoint_url=proxy.url)
+    harness.wait_for_records(1, event="start", key="sleep:1.5|first", timeout=20)
+    proxy.fail_batch_entries("ChangeMessageVisibilityBatch", times=1)
+
+    assert first.terminate() == 0
+    # Visible again at once: within a second of the daemon's exit, while their visibility
+    # timeout still has over 3 s to run.
+    try:
+        harness.wait_for(lambda: queue_counts(harness, "gbfail")[0] == len(rest), timeout=1.0,
+                         what="the given-back messages visible again")
+        visible_at_once = True
+    except AssertionError:
+        visible_at_once = False
+    second = harness.start(queues, ready=False)
+    settle(ledger, second, ["gbfail"], timeout=30)
+
+    figures = report("give_back_failed_entries", ledger, visible_at_once=visible_at_once,
+                     visibility_batches=proxy.counts()["ChangeMessageVisibilityBatch"])
+    assert_nothing_dropped(figures)
+    assert visible_at_once, "a give-back's Failed entries were not retried: the messages " \
+        "stayed hidden until their visibility timeout"
+    assert figures["visibility_batches"] >= 2
