@@ -34,7 +34,6 @@ from tests.support.proxy import SQSProxy
 
 RECEIVER = "tests.receivers.atleastonce:handle"
 VISIBILITY = 5  # the harness's default and sqsd's floor
-RUNNING = ("polling", "idle", "busy")
 DOWN = ("starting", "crashloop", "fatal", "exited", "stopping", None)
 
 pytestmark = pytest.mark.timeout(90)
