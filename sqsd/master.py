@@ -378,15 +378,8 @@ class Master:
     def worker_main(self, spec: WorkerSpec, slot: scoreboard.Slot, wake_fd: int) -> int:
         setproctitle.setproctitle(f"sqsd: worker {spec.label} {WorkerState.STARTING.label}")
         assert self.attempts is not None
-        worker = Worker(
-            spec,
-            self.settings,
-            slot=slot,
-            attempts=self.attempts,
-            wake_fd=wake_fd,
-            master_pid=self.pid,
-            message_limit=self.message_limit,
-        )
+        worker = Worker(spec, self.settings, slot=slot, attempts=self.attempts, wake_fd=wake_fd,
+                        master_pid=self.pid, message_limit=self.message_limit)
         return worker.run()
 
     def reap_workers(self) -> None:
