@@ -19,12 +19,11 @@ from dataclasses import dataclass, field, replace
 
 import setproctitle
 
-from sqsd import children, logs, metrics, notify, plan, preflight, scaling, scoreboard
+from sqsd import attempts, children, logs, metrics, notify, plan, preflight, scaling, scoreboard
 from sqsd import config as config_module
 from sqsd.config import Settings
 from sqsd.control.commands import ControlPlane
 from sqsd.errors import EXIT_OK, ConfigError
-from sqsd.givebacks import GiveBacks
 from sqsd.local import resolve as resolve_local
 from sqsd.loop import EventLoop
 from sqsd.plan import WorkerSpec
@@ -74,7 +73,7 @@ class Master:
         self.loop = EventLoop()
         self.scoreboard = scoreboard.Scoreboard()
         self.totals = metrics.Totals()  # what exited workers counted, for metrics and status
-        self.givebacks = GiveBacks()
+        self.attempts: attempts.AttemptTable | None = None  # opened by start(), before forks
         self.stopping_since = 0.0
         self.graceful_deadline = 0.0
         self.quick = False
@@ -118,6 +117,8 @@ class Master:
     def start(self) -> None:
         self.loop.catch_signals(self.signal_handlers)
         self.control.start()
+        # After the control socket: a second daemon on the same socket stops before this.
+        self.attempts = attempts.AttemptTable.open(attempts.default_path(self.settings.socket))
         setproctitle.setproctitle(f"sqsd: master -c {self.config_path}")
         wanted = plan.wanted(self.settings, self.queues, self.sizing.counts)
         self.programs = {key: Program(spec) for key, spec in wanted.items()}
@@ -374,11 +375,12 @@ class Master:
 
     def worker_main(self, spec: WorkerSpec, slot: scoreboard.Slot, wake_fd: int) -> int:
         setproctitle.setproctitle(f"sqsd: worker {spec.label} {WorkerState.STARTING.label}")
+        assert self.attempts is not None
         worker = Worker(
             spec,
             self.settings,
             slot=slot,
-            givebacks=self.givebacks,
+            attempts=self.attempts,
             wake_fd=wake_fd,
             master_pid=self.pid,
             message_limit=self.message_limit,

@@ -4,9 +4,12 @@ the task wire format ``[[args], {kwargs}]``)."""
 from __future__ import annotations
 
 import json
+import math
+import time
 from typing import Any
 
 NOT_BEFORE_ATTRIBUTE = "sqsd_not_before"  # epoch seconds; set when a delay exceeds SQS's 15 min
+NOT_BEFORE_MAX_AHEAD = 10 * 365 * 86400  # further ahead is a producer's mistake, not a delay
 
 
 class Message:
@@ -81,6 +84,34 @@ class Message:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.queue}:{self.suffix} id={self.id}>"
+
+
+def read_not_before(raw: Any, now: float | None = None) -> tuple[float | None, str]:
+    """The ``sqsd_not_before`` attribute of a received message, parsed defensively:
+    ``(epoch seconds, "")``, ``(None, "")`` without one, or ``(None, why)`` when it is
+    unusable (wrong data type, not a number, not finite, negative, more than ten years
+    ahead): a producer's message must never stop the worker, so such a value is ignored."""
+    attributes = raw.get("MessageAttributes") if isinstance(raw, dict) else None
+    if not isinstance(attributes, dict) or NOT_BEFORE_ATTRIBUTE not in attributes:
+        return None, ""
+    attribute = attributes[NOT_BEFORE_ATTRIBUTE]
+    if not isinstance(attribute, dict):
+        return None, "not an attribute"
+    data_type = attribute.get("DataType")
+    if not isinstance(data_type, str) or data_type.split(".")[0] not in ("String", "Number"):
+        return None, f"data type {data_type!r}, expected String or Number"
+    text = attribute.get("StringValue")
+    if not isinstance(text, str):
+        return None, "no string value"
+    try:
+        value = float(text[:64])
+    except ValueError:
+        return None, f"{text[:40]!r} is not a number"
+    if not math.isfinite(value) or value < 0:
+        return None, f"{text[:40]!r} is not a time"
+    if value > (time.time() if now is None else now) + NOT_BEFORE_MAX_AHEAD:
+        return None, f"{text[:40]!r} is more than ten years ahead"
+    return value, ""
 
 
 def encode_call(args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:

@@ -7,21 +7,24 @@ the visibility of messages still in hand (the one running and those waiting in i
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import random
 import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import setproctitle
 
 from sqsd import logs, scoreboard
+from sqsd.attempts import AttemptTable
 from sqsd.config import Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE, RestartLater
-from sqsd.givebacks import GiveBacks
-from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message
+from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message, read_not_before
 from sqsd.plan import WorkerSpec  # re-exported: its home was here
 from sqsd.sqs import (
     MAX_ATTRIBUTES,
@@ -43,6 +46,23 @@ RETRY_DELAY_BASE = 5  # RestartLater without delay: 5 s, 10 s, 20 s, ... per rec
 RETRY_DELAY_MAX = 900
 DLQ_ERROR_ATTRIBUTE = "sqsd_error"
 
+_forks = 0  # os.fork() calls made by this process (a handler's, or the master's)
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+# subprocess starts its children without these hooks: only os.fork() (and multiprocessing's
+# fork, which calls it) counts, so only then does the worker reap children it never made.
+os.register_at_fork(after_in_parent=_count_fork)
+
+
+class QuickStop(SystemExit):
+    """Raised from the SIGQUIT handler: abandon the handler at once. The one SystemExit a
+    handler's frame lets through; any other (``sys.exit()`` in user code) is a failure."""
+
 
 class StopReceiving(BaseException):  # noqa: N818 - a control-flow signal, not an error
     """Raised from the SIGTERM handler to abandon a long poll or idle sleep in progress.
@@ -53,9 +73,17 @@ class Housekeeper(threading.Thread):
     """Deletes finished messages in batches and extends visibility of messages in hand."""
 
     def __init__(
-        self, client: Any, url: str, visibility_timeout: int, slot: scoreboard.Slot, log: Any
+        self,
+        client: Any,
+        url: str,
+        visibility_timeout: int,
+        slot: scoreboard.Slot,
+        log: Any,
+        *,
+        on_deleted: Callable[[str], None] = lambda message_id: None,
     ):
         super().__init__(name="sqsd-housekeeper", daemon=True)
+        self.on_deleted = on_deleted  # called with each message id SQS deleted
         self.client = client
         self.url = url
         self.visibility_timeout = visibility_timeout
@@ -167,10 +195,14 @@ class Housekeeper(threading.Thread):
             return
         finally:
             self.slot.add(scoreboard.DELETES)
+        failed = {int(failure["Id"]) for failure in response.get("Failed", [])}
         for failure in response.get("Failed", []):
             self.slot.add(scoreboard.DROPPED)
             message_id = batch[int(failure["Id"])][0]
             self.log.warning("delete refused", message_id=message_id, error=failure.get("Message"))
+        for position, (message_id, _, _) in enumerate(batch):
+            if position not in failed:
+                self.on_deleted(message_id)
 
     def _extend_due(self) -> None:
         if not self.in_hand:
@@ -206,7 +238,7 @@ class Worker:
         settings: Settings,
         *,
         slot: scoreboard.Slot,
-        givebacks: GiveBacks,
+        attempts: AttemptTable,
         wake_fd: int,
         master_pid: int,
         message_limit: int = 0,
@@ -215,7 +247,7 @@ class Worker:
         self.queue = spec.queue
         self.settings = settings
         self.slot = slot
-        self.givebacks = givebacks
+        self.attempts = attempts  # handler starts per message id, shared by this host
         self.wake_fd = wake_fd
         self.master_pid = master_pid
         self.log = logs.get("sqsd.worker", queue=spec.queue.name, suffix=spec.suffix)
@@ -230,6 +262,11 @@ class Worker:
         self.idle_sleep = 0.0
         self.error_sleep = 0.0
         self.handled = 0
+        self.runner: asyncio.Runner | None = None  # async def handlers' event loop
+        self.pid = os.getpid()  # a handler's fork returns in a child too: that is not us
+        self.forks_seen = _forks  # forks made by handlers since: children to reap
+        self.warned: set[str] = set()  # message ids whose bad attributes were logged
+        self.broken: dict[str, Exception] = {}  # message id -> why message_class failed
         recycle_after = self.queue.max_messages
         if recycle_after:  # jitter, so sibling workers don't recycle at the same moment
             recycle_after += random.randint(0, recycle_after // 10)
@@ -259,7 +296,12 @@ class Worker:
         if self.stop_requested:
             return EXIT_OK
         self.housekeeper = Housekeeper(
-            self.client, self.url, self.queue.visibility_timeout, self.slot, self.log
+            self.client,
+            self.url,
+            self.queue.visibility_timeout,
+            self.slot,
+            self.log,
+            on_deleted=self.attempts.forget,
         )
         self.housekeeper.start()
         self.log.info("worker started", pid=os.getpid(), url=self.url)
@@ -269,11 +311,14 @@ class Worker:
         finally:
             self._set_state(WorkerState.STOPPING)
             self.housekeeper.stop()
+            if self.runner is not None:
+                self.runner.close()
             self.log.info("worker stopped", pid=os.getpid(), handled=self.handled, code=code)
         return code
 
     def _loop(self) -> int:
         while not self.stop_requested:
+            self._reap_forks()
             if os.getppid() != self.master_pid:
                 self.log.warning("master is gone; stopping")
                 return EXIT_OK
@@ -291,6 +336,7 @@ class Worker:
             if messages:
                 self.idle_sleep = 0.0
                 self._process_batch(messages)
+                self._reap_forks()
             elif not self.stop_requested and self.error_sleep == 0.0:
                 self._sleep_idle()
         return EXIT_OK
@@ -339,7 +385,7 @@ class Worker:
         """Quick stop: abandon the handler; its message reappears after the visibility
         timeout. Pending deletes are still flushed on the way out."""
         self.stop_requested = True
-        raise SystemExit(EXIT_OK)
+        raise QuickStop(EXIT_OK)
 
     def _recycle_reason(self) -> str:
         if self.recycle_after and self.handled >= self.recycle_after:
@@ -433,7 +479,7 @@ class Worker:
     def _process_batch(self, raws: list[dict[str, Any]]) -> None:
         received_at = time.monotonic()
         queue_name, suffix = self.queue.name, self.spec.suffix
-        messages = [self.spec.message_class(raw, queue_name, suffix) for raw in raws]
+        messages = [self._message(raw, queue_name, suffix) for raw in raws]
         housekeeper = self.housekeeper
         assert housekeeper is not None
         housekeeper.hold(messages, received_at)
@@ -447,32 +493,56 @@ class Worker:
             if group is not None and group in blocked_groups:
                 self._give_back([message])
                 continue
-            kept = self._process(message)
+            try:
+                kept = self._process(message)
+            except Exception:
+                # Whatever a producer put in the message, the loop goes on; the message
+                # stays in the queue and max_receives gives up on it in the end.
+                self.log.exception("message not processed", message_id=message.id)
+                housekeeper.release(message)
+                kept = True
             if kept and group is not None:
                 blocked_groups.add(group)
         housekeeper.flush(wait=self.queue.fifo)
+
+    def _message(self, raw: dict[str, Any], queue_name: str, suffix: str) -> Message:
+        """The handler's message; a plain Message when the queue's message class fails on
+        this one (its handler then fails with that error, under the on_error policy)."""
+        try:
+            return self.spec.message_class(raw, queue_name, suffix)
+        except Exception as exc:
+            message = Message(raw, queue_name, suffix)
+            self.broken[message.id] = exc
+            return message
 
     def _process(self, message: Message) -> bool:
         """Handle one message; True when it stays in the queue (FIFO order must wait)."""
         housekeeper = self.housekeeper
         assert housekeeper is not None
-        attrs = message.raw.get("MessageAttributes")
-        if attrs and NOT_BEFORE_ATTRIBUTE in attrs and self._redelay(message):
+        not_before, problem = read_not_before(message.raw)
+        if problem:
+            self._warn_once(message, f"{NOT_BEFORE_ATTRIBUTE} ignored: {problem}")
+        if not_before is not None and self._redelay(message, not_before):
             return False
-        given_back = self.givebacks.count(message.id) if message.receive_count > 1 else 0
-        if message.receive_count - given_back > self.queue.max_retries + 1:
-            reason = f"received {message.receive_count} times (max_retries)"
-            if given_back:
-                reason += f", {given_back} of them given back unstarted"
+        reason = self._given_up(message)
+        if reason:
             if self._dead_letter(message, reason):
-                self.givebacks.forget(message.id)
                 return False
             housekeeper.release(message)  # stays in the queue: no heartbeat keeps it hidden
             return True
-        kept = self._handle(message)
-        if given_back and not kept:
-            self.givebacks.forget(message.id)
-        return kept
+        return self._handle(message)
+
+    def _given_up(self, message: Message) -> str:
+        """Why ``message`` goes without its handler being called again ("" when it does
+        not): its handler started ``max_retries + 1`` times on this host and never finished
+        (say it crashed the worker each time), or SQS delivered it more than ``max_receives``
+        times (the safety net for starts this host never saw)."""
+        starts = self.attempts.starts(message.id)
+        if starts > self.queue.max_retries:
+            return f"handler started {starts} times without finishing (max_retries)"
+        if message.receive_count > self.queue.receive_limit:
+            return f"received {message.receive_count} times (max_receives)"
+        return ""
 
     def _handle(self, message: Message) -> bool:
         """Call the handler and act on its outcome; True when the message stays queued."""
@@ -480,16 +550,23 @@ class Worker:
         assert housekeeper is not None
         if self.queue.delete_on_start and not self._delete_now(message):
             return True
+        if not self.queue.delete_on_start:
+            # Recorded before the handler runs, so a crash inside it is charged to it alone.
+            self.attempts.start(message.id)
         self.slot.start_message(message.id)
         self.slot.observe_age(scoreboard.message_age(message.attributes))
         started = time.monotonic()
         kept = False
         try:
-            self.spec.handler(message)
+            self._call_handler(message)
         except RestartLater as exc:
             kept = True
             self._restart_later(message, exc, started)
-        except Exception as exc:
+        except QuickStop:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sys.exit() and Ctrl-C in a handler too
+            # A handler's SystemExit or KeyboardInterrupt is its failure, not the worker's
+            # end: the queue's on_error policy applies, as for any exception.
             kept = self._fail(message, exc, started)
         else:
             self.slot.add(scoreboard.PROCESSED)
@@ -510,6 +587,25 @@ class Worker:
             housekeeper.release(message)
         return kept
 
+    def _call_handler(self, message: Message) -> None:
+        broken = self.broken.pop(message.id, None)
+        if broken is not None:
+            raise broken
+        try:
+            self._run(self.spec.handler(message))
+        finally:
+            self._exit_if_forked()
+
+    def _run(self, result: Any) -> Any:
+        """An ``async def`` handler (or hook) returned an awaitable: run it to the end on
+        the worker's one event loop, made at the first use and kept, so its outcome,
+        heartbeat and hard_timeout are those of a plain function."""
+        if not inspect.isawaitable(result):
+            return result
+        if self.runner is None:
+            self.runner = asyncio.Runner()
+        return self.runner.run(_awaited(result))
+
     def _restart_later(self, message: Message, exc: RestartLater, started: float) -> None:
         delay = exc.delay
         if delay is None:
@@ -525,7 +621,7 @@ class Worker:
             duration=round(time.monotonic() - started, 4),
         )
 
-    def _fail(self, message: Message, exc: Exception, started: float) -> bool:
+    def _fail(self, message: Message, exc: BaseException, started: float) -> bool:
         """Log, record the body, then apply the error policy; True when the message stays."""
         self.slot.add(scoreboard.FAILED)
         policy = self.queue.error_policy
@@ -542,8 +638,14 @@ class Worker:
             error=_describe(exc),
             body=message.body,
         )
-        if not recorded or policy == "retry":
+        if not recorded:
             return True
+        if policy == "retry":
+            starts = self.attempts.starts(message.id)
+            if starts <= self.queue.max_retries:
+                return True
+            reason = f"handler failed {starts} times (max_retries): {_describe(exc)}"
+            return not self._dead_letter(message, reason, announced=True)
         if policy == "dead-letter":
             return not self._dead_letter(message, _describe(exc), announced=True)
         return not self._delete_now(message)
@@ -596,14 +698,19 @@ class Worker:
         log("dead-lettered", message_id=message.id, reason=reason)
         return self._delete_now(message)
 
-    def _redelay(self, message: Message) -> bool:
+    def _warn_once(self, message: Message, warning: str) -> None:
+        """One warning per message id and worker for what a producer got wrong."""
+        if message.id in self.warned:
+            return
+        if len(self.warned) >= 1000:
+            self.warned.clear()
+        self.warned.add(message.id)
+        self.log.warning(warning, message_id=message.id)
+
+    def _redelay(self, message: Message, not_before: float) -> bool:
         """A delay above SQS's maximum: send again with the remaining delay until due.
         True when the message was re-delayed (and so not handled now)."""
         attrs = message.raw["MessageAttributes"]
-        try:
-            not_before = float(attrs[NOT_BEFORE_ATTRIBUTE]["StringValue"])
-        except (KeyError, ValueError):
-            return False
         remaining = not_before - time.time()
         if remaining <= 0:
             return False
@@ -628,9 +735,35 @@ class Worker:
     def _after_message(self, message: Message) -> None:
         try:
             if self.spec.after_message is not None:
-                self.spec.after_message(message)
-        except Exception:
+                self._run(self.spec.after_message(message))
+        except QuickStop:
+            raise
+        except BaseException:  # noqa: BLE001 - a hook's sys.exit() does not end the worker
+            self._exit_if_forked()
             self.log.exception("after_message hook failed", message_id=message.id)
+        finally:
+            self._exit_if_forked()
+
+    def _exit_if_forked(self) -> None:
+        """A handler (or hook) that forked returns in the child as well: the child must
+        not go on with the batch, delete messages or log as the worker. It leaves at once."""
+        if os.getpid() != self.pid:
+            os._exit(0)
+
+    def _reap_forks(self) -> None:
+        """Reap the children a handler forked (no zombies), once they exit. Only after a
+        handler called os.fork(): reaping any child (-1) would otherwise take the exit status
+        a handler's own subprocess.Popen may still wait for."""
+        while self.forks_seen < _forks:  # one child to reap per fork
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # none left (the handler waited for them itself)
+                self.forks_seen = _forks
+                return
+            if pid == 0:  # still running: look again after the next batch
+                return
+            self.forks_seen += 1
+            self.log.debug("reaped a child a handler forked", pid=pid)
 
     # -- SQS calls on single messages ---------------------------------------------------
 
@@ -644,6 +777,7 @@ class Worker:
             return False
         finally:
             self.slot.add(scoreboard.DELETES)
+        self.attempts.forget(message.id)
         return True
 
     def _change_visibility(self, message: Message, seconds: int) -> None:
@@ -661,8 +795,7 @@ class Worker:
         assert self.housekeeper is not None
         self.slot.add(scoreboard.GIVEN_BACK, len(messages))
         for message in messages:
-            self.housekeeper.release(message)
-            self.givebacks.add(message.id)
+            self.housekeeper.release(message)  # never started: no attempt to count
         for start in range(0, len(messages), MAX_BATCH):
             chunk = messages[start : start + MAX_BATCH]
             entries = [
@@ -678,6 +811,10 @@ class Worker:
 
 class MissingQueue(Exception):  # noqa: N818
     """The worker's queue does not exist: a configuration problem, not a crash."""
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _describe(exc: BaseException) -> str:

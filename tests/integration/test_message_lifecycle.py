@@ -106,7 +106,8 @@ def worn_message(harness, queues, body, receives):
 
 
 def test_message_received_too_often_goes_to_dead_letter_queue_without_handler(harness):
-    queues = {"basic": {"receiver": BASIC_RECEIVER, "max_retries": 1,
+    # Receives elsewhere are not starts on this host: only max_receives gives up on it.
+    queues = {"basic": {"receiver": BASIC_RECEIVER, "max_retries": 1, "max_receives": 2,
                         "dead_letter_queue": "basic_failed"}}
     worn_message(harness, queues, "ok|worn", receives=2)
 
@@ -114,12 +115,13 @@ def test_message_received_too_often_goes_to_dead_letter_queue_without_handler(ha
 
     [dead] = harness.wait_for(lambda: harness.receive("basic_failed"), what="message in DLQ")
     assert dead["Body"] == "ok|worn"
+    assert "(max_receives)" in dead["MessageAttributes"]["sqsd_error"]["StringValue"]
     assert harness.depth("basic") == 0
     assert harness.records(None, body="ok|worn") == []
 
 
 def test_message_received_too_often_without_dead_letter_queue_is_logged_and_deleted(harness):
-    queues = {"basic": {"receiver": BASIC_RECEIVER, "max_retries": 1}}
+    queues = {"basic": {"receiver": BASIC_RECEIVER, "max_retries": 1, "max_receives": 2}}
     worn_message(harness, queues, "ok|worn", receives=2)
 
     harness.start(queues)
