@@ -73,6 +73,9 @@ QUEUE, DEAD_LETTERS = "model", "model_failed"
 VISIBILITY = 30
 KINDS = ("ok", "slow", "poison", "crash", "transient", "flaky")
 CLOCK = FakeClock()
+# Issue #10 asks for extensions never queued behind deletes and failed ones retried well
+# before the deadline: then only an extension call stalled past the margin excuses a lapse.
+STRICT_HEARTBEAT = os.environ.get("SQSD_MODEL_STRICT_HEARTBEAT", "") == "1"
 if hasattr(worker_module, "QuickStop"):
     # A real crash (os._exit, SIGKILL) cannot be caught. The worker of issue #10 catches
     # every BaseException a handler raises but the QuickStop of its SIGQUIT handler, so a
@@ -342,6 +345,8 @@ class WorkerModel(RuleBasedStateMachine):
         self.data: Any = None
         self.chaos_on = True
         self.in_a_row: dict[str, int] = {}
+        self.excuses = self.strict_excuses = 0
+        self.excuses_at = (0, 0)  # their counts when the batch in hand was received
         self.directory = tempfile.mkdtemp(prefix="sqsd-model-")
         self.table_path = os.path.join(self.directory, "attempts")
         self.table: Any = self.open_table()
@@ -416,11 +421,22 @@ class WorkerModel(RuleBasedStateMachine):
         return fate
 
     def chaos(self, operation: str) -> str:
-        return self.draw(operation, [
+        options = [
             (86, fake_sqs.OK), (3, fake_sqs.THROTTLE), (2, fake_sqs.SERVER_ERROR),
             (3, fake_sqs.FAIL_ENTRY), (2, fake_sqs.STALL), (2, fake_sqs.KILL_BEFORE),
             (2, fake_sqs.KILL_AFTER),
-        ])
+        ]
+        if not operation.endswith("_batch"):
+            options = [option for option in options if option[1] != fake_sqs.FAIL_ENTRY]
+        fate = self.draw(operation, options)
+        # What may make a visibility extension late: a failed or stalled extension call, or
+        # (when deletes and extensions share a thread) a stalled call of that thread.
+        extension = operation.startswith("change_message_visibility")
+        if fate != fake_sqs.OK and (extension or (fate == fake_sqs.STALL and self.scheduler.stack)):
+            self.excuses += 1
+        if fate == fake_sqs.STALL and extension:
+            self.strict_excuses += 1  # the one call took longer than the margin
+        return fate
 
     def chaos_entry(self, count: int) -> int:
         if self.data is None:
@@ -450,6 +466,7 @@ class WorkerModel(RuleBasedStateMachine):
             try:  # the housekeeper runs meanwhile: the process may die in its calls
                 # A slow handler's visibility must be extended while it runs.
                 self.scheduler.pass_time(VISIBILITY * 2.5 if entry.kind == "slow" else 0.01)
+                self.check_hidden(message, "ends")
             except (Killed, Abort) as exc:
                 entry.last = "killed"
                 if isinstance(exc, HandlerKilled):
@@ -486,18 +503,25 @@ class WorkerModel(RuleBasedStateMachine):
             self.fail(f"{body}: handler started a {entry.starts + 1}th time, "
                       f"max_retries={self.max_retries} allows {limit} "
                       f"(receives: {self.receives_of(body)})", TooManyStarts)
+        self.check_hidden(message, "starts")
+
+    def check_hidden(self, message: Message, when: str) -> None:
+        """SQS must keep a message hidden from other workers while it is in hand; a lapse is
+        excused only by heartbeat calls that failed since the batch was received (with
+        STRICT_HEARTBEAT, only by one that stalled past the margin: a failed extension must
+        be retried well before the deadline)."""
         stored = self.sqs.queues[self.url].messages.get(message.id)
         if stored is None:
             return  # deleted meanwhile (a late delete with an older handle): handled before
-        if stored.receipt != message.receipt_handle or stored.visible_at <= self.clock.now:
-            self.figures["lapses"] += 1
-            heartbeat_faults = sum(
-                count for key, count in self.sqs.faults.items()
-                if key.startswith("change_message_visibility") or key.endswith(" stall"))
-            if heartbeat_faults == 0:
-                self.fail(f"{body}: its handler starts while SQS shows it to other workers "
-                          f"(visible since t={stored.visible_at - 1000:.1f}), and no "
-                          "heartbeat call failed", TwoAtOnce)
+        if stored.receipt == message.receipt_handle and stored.visible_at > self.clock.now:
+            return
+        self.figures["lapses"] += 1
+        excused = (self.strict_excuses > self.excuses_at[1]) if STRICT_HEARTBEAT \
+            else (self.excuses > self.excuses_at[0])
+        if not excused:
+            self.fail(f"{message.body}: its handler {when} while SQS shows it to other "
+                      f"workers (visible since t={stored.visible_at - 1000:.1f}), and no "
+                      "extension call failed", TwoAtOnce)
 
     # -- what SQS sees --------------------------------------------------------------------
 
@@ -658,6 +682,7 @@ class WorkerModel(RuleBasedStateMachine):
         worker = self.worker
         messages = worker._receive()
         if messages:
+            self.excuses_at = (self.excuses, self.strict_excuses)
             note(f"  t={self.clock.now - 1000:.1f} received "
                  + ", ".join(f"{m['Body']}#{m['Attributes']['ApproximateReceiveCount']}"
                              for m in messages))
@@ -679,9 +704,12 @@ class WorkerModel(RuleBasedStateMachine):
             self.sqs.put(self.url, body, attributes)
         self.steps += 1
 
-    @rule(data=st.data())
-    def work(self, data):
-        self.act(data, self.work_once)
+    @rule(data=st.data(), rounds=st.integers(1, 3))
+    def work(self, data, rounds):
+        """Rounds of the worker's loop; the master restarts a worker that died."""
+        for _ in range(rounds):
+            self.act(data, self.work_once, step=False)
+        self.steps += 1
 
     @rule(seconds=st.sampled_from([1, 10, VISIBILITY + 1, 300]), data=st.data())
     def time_passes(self, seconds, data):
@@ -763,7 +791,7 @@ def test_every_message_is_handled_failed_or_dead_lettered_by_the_rules():
     started = time.monotonic()
     figures_before = dict(FIGURES)
     machine_settings = settings(
-        max_examples=5000 if LONG else 300,
+        max_examples=int(os.environ.get("SQSD_MODEL_EXAMPLES", 0)) or (5000 if LONG else 300),
         stateful_step_count=60,
         deadline=None,
         database=None,
