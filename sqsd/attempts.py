@@ -6,7 +6,8 @@ dead-lettered. A message whose handler crashed its worker every time is thus giv
 after ``max_retries + 1`` starts, while the batch-mates it took down with it (never
 started) and messages given back at a graceful stop (never started) keep every try.
 
-The table is a file in the runtime directory (next to the control socket), created by the
+The table is a file in the runtime directory (next to the control socket and named after
+it: ``/run/sqsd/sqsd.sock`` has ``/run/sqsd/sqsd.attempts``), created by the
 master before it forks, so it survives a worker crash and a master restart on this host.
 It is an open-addressing hash table of fixed size:
 
@@ -46,7 +47,7 @@ from sqsd import logs
 MAGIC = b"SQSDATT1"
 VERSION = 1
 DEFAULT_SLOTS = 8192
-FILE_NAME = "attempts"
+SUFFIX = ".attempts"
 _HEADER = struct.Struct("<8sIII44x")  # magic, version, slots, entry size
 _ENTRY = struct.Struct("<40sII")  # message id, starts, last written (epoch seconds)
 _KEY_SIZE = 40
@@ -211,8 +212,12 @@ class AttemptTable:
 
 
 def default_path(socket_path: str) -> str:
-    """Where the table of the daemon listening on ``socket_path`` lives: beside it."""
-    return os.path.join(os.path.dirname(os.path.abspath(socket_path)), FILE_NAME)
+    """Where the table of the daemon listening on ``socket_path`` lives: beside it, named
+    after it (``/run/sqsd/sqsd.sock`` -> ``/run/sqsd/sqsd.attempts``), so that several
+    instances sharing one runtime directory keep their own."""
+    directory, name = os.path.split(os.path.abspath(socket_path))
+    stem = os.path.splitext(name)[0] or name
+    return os.path.join(directory, f"{stem}{SUFFIX}")
 
 
 def _open_private(path: str) -> int:

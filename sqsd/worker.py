@@ -1,8 +1,9 @@
 """The worker: one process, one SQS queue URL, one handler.
 
-The main thread long-polls, calls the handler and decides each message's outcome. A
-housekeeper thread deletes finished messages in batches off the handler path and extends
-the visibility of messages still in hand (the one running and those waiting in its batch).
+The main thread long-polls, calls the handler and decides each message's outcome. Two
+helper threads (sqsd.housekeeping) delete finished messages in batches off the handler
+path and extend the visibility of messages still in hand (the one running and those
+waiting in its batch).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import os
 import random
 import select
 import signal
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import setproctitle
@@ -24,12 +23,13 @@ from sqsd import logs, scoreboard
 from sqsd.attempts import AttemptTable
 from sqsd.config import Settings
 from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE, RestartLater
+from sqsd.housekeeping import Housekeeper, failure_kind
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message, read_not_before
 from sqsd.plan import WorkerSpec  # re-exported: its home was here
 from sqsd.sqs import (
     MAX_ATTRIBUTES,
-    MAX_BATCH,
     MAX_VISIBILITY,
+    batches,
     encode_attributes,
     ensure_queue,
     is_missing_queue,
@@ -39,9 +39,8 @@ from sqsd.sqs import (
 )
 from sqsd.states import WorkerState
 
-DELETE_FLUSH_AGE = 1.0  # seconds a finished message may wait for a fuller delete batch
-FLUSH_WAIT_MAX = 30.0
 ERROR_BACKOFF_MAX = 30.0
+GIVE_BACK_TRIES = 3
 RETRY_DELAY_BASE = 5  # RestartLater without delay: 5 s, 10 s, 20 s, ... per receive
 RETRY_DELAY_MAX = 900
 DLQ_ERROR_ATTRIBUTE = "sqsd_error"
@@ -67,166 +66,6 @@ class QuickStop(SystemExit):
 class StopReceiving(BaseException):  # noqa: N818 - a control-flow signal, not an error
     """Raised from the SIGTERM handler to abandon a long poll or idle sleep in progress.
     A BaseException, so botocore's retry logic (``except Exception``) lets it through."""
-
-
-class Housekeeper(threading.Thread):
-    """Deletes finished messages in batches and extends visibility of messages in hand."""
-
-    def __init__(
-        self,
-        client: Any,
-        url: str,
-        visibility_timeout: int,
-        slot: scoreboard.Slot,
-        log: Any,
-        *,
-        on_deleted: Callable[[str], None] = lambda message_id: None,
-    ):
-        super().__init__(name="sqsd-housekeeper", daemon=True)
-        self.on_deleted = on_deleted  # called with each message id SQS deleted
-        self.client = client
-        self.url = url
-        self.visibility_timeout = visibility_timeout
-        self.slot = slot
-        self.log = log
-        self.cond = threading.Condition()
-        self.pending: list[tuple[str, str, int]] = []  # (message id, receipt handle, attempts)
-        self.oldest_pending = 0.0
-        self.in_hand: dict[str, float] = {}  # receipt handle -> visibility deadline
-        self.flush_requested = False
-        self.deleting = False  # a batch taken from pending is being deleted
-        self.stopping = False
-
-    def hold(self, messages: list[Message], received_at: float) -> None:
-        deadline = received_at + self.visibility_timeout
-        with self.cond:
-            was_empty = not self.in_hand
-            for message in messages:
-                self.in_hand[message.receipt_handle] = deadline
-            if was_empty:  # otherwise the thread already wakes before this later deadline
-                self.cond.notify_all()
-
-    def release(self, message: Message) -> None:
-        with self.cond:
-            self.in_hand.pop(message.receipt_handle, None)
-
-    def delete(self, message: Message) -> None:
-        """Queue a delete; a full batch is sent at once, a partial one within a second."""
-        with self.cond:
-            self.in_hand.pop(message.receipt_handle, None)
-            if not self.pending:
-                self.oldest_pending = time.monotonic()
-            self.pending.append((message.id, message.receipt_handle, 0))
-            if len(self.pending) >= MAX_BATCH:
-                self.cond.notify_all()
-
-    def flush(self, *, wait: bool = False) -> None:
-        """Ask for pending deletes to go out now (end of a batch); with ``wait``, return
-        once they are done (FIFO: a group stays locked until its messages are deleted)."""
-        with self.cond:
-            if self.pending:
-                self.flush_requested = True
-                self.cond.notify_all()
-            if wait:
-                self.cond.wait_for(lambda: not (self.pending or self.deleting), FLUSH_WAIT_MAX)
-
-    def stop(self) -> None:
-        """Flush what is pending and end the thread; returns when it is done."""
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-        self.join()
-
-    def run(self) -> None:
-        while True:
-            with self.cond:
-                if not self._has_work():
-                    # Woken by new work or a change of deadlines: recompute and go round.
-                    self.cond.wait(self._next_timeout())
-                batch = self._take_batch()
-                self.deleting = bool(batch)
-                stopping = self.stopping and not self.pending
-            if batch:
-                self._delete_batch(batch)
-                with self.cond:
-                    self.deleting = False
-                    self.cond.notify_all()
-            self._extend_due()
-            if stopping and not batch:
-                return
-
-    def _has_work(self) -> bool:
-        return self.stopping or self.flush_requested or len(self.pending) >= MAX_BATCH
-
-    def _next_timeout(self) -> float | None:
-        timeouts = []
-        now = time.monotonic()
-        if self.pending:
-            timeouts.append(self.oldest_pending + DELETE_FLUSH_AGE - now)
-        if self.in_hand:
-            soonest = min(self.in_hand.values())
-            timeouts.append(soonest - self.visibility_timeout / 2 - now)
-        return max(0.0, min(timeouts)) if timeouts else None
-
-    def _take_batch(self) -> list[tuple[str, str, int]]:
-        due = self.pending and time.monotonic() - self.oldest_pending >= DELETE_FLUSH_AGE
-        if not (self.flush_requested or self.stopping or due or len(self.pending) >= MAX_BATCH):
-            return []
-        batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
-        self.flush_requested = bool(self.pending) and self.flush_requested
-        self.oldest_pending = time.monotonic()
-        return batch
-
-    def _delete_batch(self, batch: list[tuple[str, str, int]]) -> None:
-        entries = [{"Id": str(i), "ReceiptHandle": entry[1]} for i, entry in enumerate(batch)]
-        try:
-            response = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
-        except Exception as exc:
-            retry = [(mid, handle, tries + 1) for mid, handle, tries in batch if tries + 1 < 3]
-            # Given up: the messages reappear after their visibility timeout, a duplicate
-            # but never a loss.
-            self.log.warning(
-                "delete failed", error=str(exc), messages=len(batch), retrying=len(retry)
-            )
-            with self.cond:
-                if retry and not self.pending:
-                    self.oldest_pending = time.monotonic()
-                self.pending[:0] = retry
-            return
-        finally:
-            self.slot.add(scoreboard.DELETES)
-        failed = {int(failure["Id"]) for failure in response.get("Failed", [])}
-        for failure in response.get("Failed", []):
-            self.slot.add(scoreboard.DROPPED)
-            message_id = batch[int(failure["Id"])][0]
-            self.log.warning("delete refused", message_id=message_id, error=failure.get("Message"))
-        for position, (message_id, _, _) in enumerate(batch):
-            if position not in failed:
-                self.on_deleted(message_id)
-
-    def _extend_due(self) -> None:
-        if not self.in_hand:
-            return
-        now = time.monotonic()
-        with self.cond:
-            due = [
-                h
-                for h, deadline in self.in_hand.items()
-                if deadline - now <= self.visibility_timeout / 2
-            ]
-            for handle in due:
-                self.in_hand[handle] = now + self.visibility_timeout
-        for start in range(0, len(due), MAX_BATCH):
-            chunk = due[start : start + MAX_BATCH]
-            entries = [
-                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.visibility_timeout}
-                for i, h in enumerate(chunk)
-            ]
-            try:
-                self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
-            except Exception as exc:
-                self.log.warning("visibility heartbeat failed", error=str(exc))
-            self.slot.add(scoreboard.VISIBILITY_CHANGES)
 
 
 class Worker:
@@ -796,17 +635,42 @@ class Worker:
         self.slot.add(scoreboard.GIVEN_BACK, len(messages))
         for message in messages:
             self.housekeeper.release(message)  # never started: no attempt to count
-        for start in range(0, len(messages), MAX_BATCH):
-            chunk = messages[start : start + MAX_BATCH]
-            entries = [
-                {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
-                for i, m in enumerate(chunk)
-            ]
+        for attempt in range(GIVE_BACK_TRIES):
+            if attempt:
+                time.sleep(0.1 * 2**attempt)  # throttled or a server fault: a moment's pause
+            messages = self._give_back_once(messages)
+            if not messages:
+                return
+        # Not given back: they reappear after their visibility timeout all the same.
+        self.log.warning("give back failed", messages=len(messages))
+
+    def _give_back_once(self, messages: list[Message]) -> list[Message]:
+        """One ChangeMessageVisibilityBatch to 0 per ten messages; returns those to retry."""
+        retry: list[Message] = []
+        for chunk, entries in batches(
+            messages, lambda m: {"ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+        ):
             try:
-                self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
+                response = self.client.change_message_visibility_batch(
+                    QueueUrl=self.url, Entries=entries
+                )
             except Exception as exc:
-                self.log.warning("give back failed", messages=len(chunk), error=str(exc))
-            self.slot.add(scoreboard.VISIBILITY_CHANGES)
+                self.log.warning("give back failed; retrying", messages=len(chunk), error=str(exc))
+                retry.extend(chunk)
+                continue
+            finally:
+                self.slot.add(scoreboard.VISIBILITY_CHANGES)
+            for failure in response.get("Failed", []):
+                message = chunk[int(failure["Id"])]
+                if failure_kind(failure) == "transient":
+                    retry.append(message)
+                else:
+                    self.log.warning(
+                        "give back refused: the message is no longer ours, it may be handled again",
+                        message_id=message.id,
+                        code=failure.get("Code"),
+                    )
+        return retry
 
 
 class MissingQueue(Exception):  # noqa: N818

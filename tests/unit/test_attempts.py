@@ -129,8 +129,10 @@ def test_a_full_table_evicts_the_oldest_entry_and_never_fails():
     assert table.start(messages[-1]) == 2
 
 
-def test_the_table_lives_beside_the_socket():
-    assert default_path("/run/sqsd/sqsd.sock") == "/run/sqsd/attempts"
+def test_the_table_lives_beside_the_socket_and_is_named_after_it():
+    assert default_path("/run/sqsd/sqsd.sock") == "/run/sqsd/sqsd.attempts"
+    assert default_path("/run/sqsd/orders.sock") == "/run/sqsd/orders.attempts"
+    assert default_path("/tmp/x/control") == "/tmp/x/control.attempts"
 
 
 def test_processes_sharing_the_file_count_every_start(tmp_path):

@@ -20,9 +20,10 @@ from sqsd import scoreboard
 from sqsd.attempts import AttemptTable
 from sqsd.config import QueueSettings, Settings
 from sqsd.errors import RestartLater
+from sqsd.housekeeping import Housekeeper
 from sqsd.message import Message
 from sqsd.plan import WorkerSpec
-from sqsd.worker import Housekeeper, QuickStop, Worker
+from sqsd.worker import QuickStop, Worker
 
 _ids = itertools.count(1)
 
