@@ -39,6 +39,8 @@ class FakeClock:
     def __init__(self, now: float = 1000.0, epoch: float = 1_800_000_000.0):
         self.now = now
         self.epoch = epoch
+        self.on_sleep: Callable[[float], None] = self.advance  # time.sleep() in the code
+
 
     def monotonic(self) -> float:
         return self.now
@@ -49,7 +51,7 @@ class FakeClock:
         return self.epoch + self.now
 
     def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
+        self.on_sleep(seconds)
 
     def advance(self, seconds: float) -> None:
         self.now += max(0.0, seconds)

@@ -27,6 +27,7 @@ Figures: tests/unit/worker-model-last-run.json and the terminal summary.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -75,7 +76,12 @@ KINDS = ("ok", "slow", "poison", "crash", "transient", "flaky")
 CLOCK = FakeClock()
 # Issue #10 asks for extensions never queued behind deletes and failed ones retried well
 # before the deadline: then only an extension call stalled past the margin excuses a lapse.
-STRICT_HEARTBEAT = os.environ.get("SQSD_MODEL_STRICT_HEARTBEAT", "") == "1"
+try:
+    from sqsd import housekeeping
+except ImportError:  # pragma: no cover - main before #10
+    housekeeping = None  # type: ignore[assignment]
+STRICT_HEARTBEAT = os.environ.get("SQSD_MODEL_STRICT_HEARTBEAT", "1" if (
+    housekeeping is not None and hasattr(housekeeping, "Heartbeat")) else "") == "1"
 if hasattr(worker_module, "QuickStop"):
     # A real crash (os._exit, SIGKILL) cannot be caught. The worker of issue #10 catches
     # every BaseException a handler raises but the QuickStop of its SIGQUIT handler, so a
@@ -270,6 +276,14 @@ class SimCondition:
         return predicate()
 
 
+def housekeeping_threads(housekeeper: Any) -> list[tuple[str, Any]]:
+    """The worker's helper threads: a heartbeat and a deleter (issue #10), or before it one
+    housekeeper doing both."""
+    if hasattr(housekeeper, "heartbeat") and hasattr(housekeeper, "deleter"):
+        return [("heartbeat", housekeeper.heartbeat), ("deleter", housekeeper.deleter)]
+    return [("housekeeper", housekeeper)]
+
+
 class FakeSlot:
     """The scoreboard slot: ignored, except as the last moment before a handler starts on
     main (where no attempt table records starts)."""
@@ -362,6 +376,7 @@ class WorkerModel(RuleBasedStateMachine):
         self.sqs.stall_seconds = self.stall_seconds
         self.sqs.on_stall = lambda operation, seconds: self.scheduler.pass_time(seconds)
         self.sqs.on_wait = self.scheduler.pass_time
+        self.clock.on_sleep = self.scheduler.pass_time  # time.sleep() in the worker
         self.sqs.on_delete = self.on_delete
         self.sqs.on_send = self.on_send
         # configured by initialize()
@@ -638,11 +653,13 @@ class WorkerModel(RuleBasedStateMachine):
             self.sqs, worker.url, self.queue_settings.visibility_timeout, worker.slot,
             worker.log, **options
         )
-        condition = SimCondition(self.scheduler)
-        housekeeper.cond = condition
-        thread = SimThread("housekeeper", housekeeper.run)
-        condition.thread = thread
-        self.scheduler.threads = [thread]
+        self.scheduler.threads = []
+        for name, target in housekeeping_threads(housekeeper):
+            condition = SimCondition(self.scheduler)
+            target.cond = condition
+            thread = SimThread(name, target.run)
+            condition.thread = thread
+            self.scheduler.threads.append(thread)
         worker.housekeeper = housekeeper
         return worker
 
@@ -663,15 +680,21 @@ class WorkerModel(RuleBasedStateMachine):
         if worker is None:
             return
         worker.stop_requested = True
-        housekeeper = worker.housekeeper
-        with housekeeper.cond:
-            housekeeper.stopping = True
-            housekeeper.cond.notify_all()
-        thread = self.scheduler.threads[0]
-        end = self.clock.now + 600
-        while not thread.done and self.clock.now < end:
-            self.scheduler.run_until(min(end, self.clock.now + 1.0))
-        assert thread.done, "the housekeeper did not finish after a stop"
+        threads = dict(zip(
+            [t.name for t in self.scheduler.threads],
+            self.scheduler.threads, strict=True))
+        # As Housekeeper.stop(): the deleter flushes (the heartbeat still running), then the
+        # heartbeat ends.
+        for name, target in sorted(housekeeping_threads(worker.housekeeper),
+                                   key=lambda pair: pair[0] == "heartbeat"):
+            with target.cond:
+                target.stopping = True
+                target.cond.notify_all()
+            thread = threads[name]
+            end = self.clock.now + 600
+            while not thread.done and self.clock.now < end:
+                self.scheduler.run_until(min(end, self.clock.now + 1.0))
+            assert thread.done, f"the {name} did not finish after a stop"
         self.figures["graceful_stops"] += 1
         self.discard_worker()
 
@@ -799,10 +822,11 @@ def test_every_message_is_handled_failed_or_dead_lettered_by_the_rules():
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                HealthCheck.filter_too_much],
     )
-    with (
-        mock.patch.object(worker_module, "time", CLOCK),
-        mock.patch.object(worker_module, "setproctitle", mock.Mock()),
-    ):
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(worker_module, "time", CLOCK))
+        patches.enter_context(mock.patch.object(worker_module, "setproctitle", mock.Mock()))
+        if housekeeping is not None:
+            patches.enter_context(mock.patch.object(housekeeping, "time", CLOCK))
         try:
             run_state_machine_as_test(WorkerModel, settings=machine_settings)
         finally:
