@@ -108,7 +108,8 @@ class FakeSQS:
         self.chaos: Callable[[str], str] = lambda point: OK
         self.chaos_entry: Callable[[int], int] = lambda count: 0  # which entry fails
         # Observers for the test's ledger.
-        self.on_delete: Callable[[str, StoredMessage], None] = lambda url, message: None
+        # (url, message, receipt handle used): called before the message goes
+        self.on_delete: Callable[[str, StoredMessage, str], None] = lambda *args: None
         self.on_send: Callable[[str, StoredMessage], None] = lambda url, message: None
         self.on_wait: Callable[[float], None] = self.clock.advance  # a long poll's wait
         # A stalled call: (operation, seconds); the default lets the time pass.
@@ -278,7 +279,7 @@ class FakeSQS:
         if problem == "ReceiptHandleIsInvalid":
             raise _client_error(problem, 400, "DeleteMessage")
         if message is not None:  # a stale handle deletes too (standard queues)
-            self._delete(QueueUrl, message)
+            self._delete(QueueUrl, message, ReceiptHandle)
         self._after(fate, "delete_message")
         return {}
 
@@ -298,13 +299,13 @@ class FakeSQS:
                 failed.append({"Id": entry["Id"], "Code": problem, "SenderFault": True})
                 continue
             if message is not None:
-                self._delete(QueueUrl, message)
+                self._delete(QueueUrl, message, entry["ReceiptHandle"])
             successful.append({"Id": entry["Id"]})
         self._after(fate, "delete_message_batch")
         return {"Successful": successful, "Failed": failed}
 
-    def _delete(self, url: str, message: StoredMessage) -> None:
-        self.on_delete(url, message)
+    def _delete(self, url: str, message: StoredMessage, handle: str) -> None:
+        self.on_delete(url, message, handle)
         del self.queues[url].messages[message.id]
 
     def change_message_visibility(

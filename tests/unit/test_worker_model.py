@@ -360,7 +360,7 @@ class WorkerModel(RuleBasedStateMachine):
         self.chaos_on = True
         self.in_a_row: dict[str, int] = {}
         self.excuses = self.strict_excuses = 0
-        self.excuses_at = (0, 0)  # their counts when the batch in hand was received
+        self.excuses_at: dict[str, tuple[int, int]] = {}  # receipt handle -> counts then
         self.directory = tempfile.mkdtemp(prefix="sqsd-model-")
         self.table_path = os.path.join(self.directory, "attempts")
         self.table: Any = self.open_table()
@@ -481,7 +481,7 @@ class WorkerModel(RuleBasedStateMachine):
             try:  # the housekeeper runs meanwhile: the process may die in its calls
                 # A slow handler's visibility must be extended while it runs.
                 self.scheduler.pass_time(VISIBILITY * 2.5 if entry.kind == "slow" else 0.01)
-                self.check_hidden(message, "ends")
+                self.check_hidden(message.id, message.receipt_handle, body, "its handler ends")
             except (Killed, Abort) as exc:
                 entry.last = "killed"
                 if isinstance(exc, HandlerKilled):
@@ -518,25 +518,28 @@ class WorkerModel(RuleBasedStateMachine):
             self.fail(f"{body}: handler started a {entry.starts + 1}th time, "
                       f"max_retries={self.max_retries} allows {limit} "
                       f"(receives: {self.receives_of(body)})", TooManyStarts)
-        self.check_hidden(message, "starts")
+        self.check_hidden(message.id, message.receipt_handle, message.body, "its handler starts")
 
-    def check_hidden(self, message: Message, when: str) -> None:
+    def check_hidden(self, message_id: str, handle: str, body: str, when: str) -> None:
         """SQS must keep a message hidden from other workers while it is in hand; a lapse is
         excused only by heartbeat calls that failed since the batch was received (with
         STRICT_HEARTBEAT, only by one that stalled past the margin: a failed extension must
         be retried well before the deadline)."""
-        stored = self.sqs.queues[self.url].messages.get(message.id)
+        stored = self.sqs.queues[self.url].messages.get(message_id)
         if stored is None:
             return  # deleted meanwhile (a late delete with an older handle): handled before
-        if stored.receipt == message.receipt_handle and stored.visible_at > self.clock.now:
+        if stored.receipt == handle and stored.visible_at > self.clock.now:
             return
         self.figures["lapses"] += 1
-        excused = (self.strict_excuses > self.excuses_at[1]) if STRICT_HEARTBEAT \
-            else (self.excuses > self.excuses_at[0])
+        at = self.excuses_at.get(handle, (0, 0))
+        if STRICT_HEARTBEAT:
+            excused, excuse = self.strict_excuses > at[1], "stalled past the margin"
+        else:
+            excused, excuse = self.excuses > at[0], "failed"
         if not excused:
-            self.fail(f"{message.body}: its handler {when} while SQS shows it to other "
-                      f"workers (visible since t={stored.visible_at - 1000:.1f}), and no "
-                      "extension call failed", TwoAtOnce)
+            self.fail(f"{body}: {when} while SQS shows it to other workers (visible since "
+                      f"t={stored.visible_at - 1000:.1f}), and no extension call {excuse} "
+                      "since it was received", TwoAtOnce)
 
     # -- what SQS sees --------------------------------------------------------------------
 
@@ -578,9 +581,13 @@ class WorkerModel(RuleBasedStateMachine):
                   f"last={entry.last or 'never ran'})", WrongStarts)
         return ""
 
-    def on_delete(self, url: str, message: fake_sqs.StoredMessage) -> None:
+    def on_delete(self, url: str, message: fake_sqs.StoredMessage, handle: str) -> None:
         if url != self.url:
             return
+        entry = self.ledger[message.body]
+        if entry.last == "completed" and handle == message.receipt:
+            # Finished, waiting for its delete: still hidden, or another worker runs it again.
+            self.check_hidden(message.id, handle, message.body, "is deleted after its handler")
         reason = self.justify(message.body, message.receives, "deleted")
         entry = self.ledger[message.body]
         if not entry.removed:
@@ -705,7 +712,8 @@ class WorkerModel(RuleBasedStateMachine):
         worker = self.worker
         messages = worker._receive()
         if messages:
-            self.excuses_at = (self.excuses, self.strict_excuses)
+            for raw in messages:
+                self.excuses_at[raw["ReceiptHandle"]] = (self.excuses, self.strict_excuses)
             note(f"  t={self.clock.now - 1000:.1f} received "
                  + ", ".join(f"{m['Body']}#{m['Attributes']['ApproximateReceiveCount']}"
                              for m in messages))
