@@ -35,6 +35,7 @@ import shutil
 import signal
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,13 @@ LONG = os.environ.get("SQSD_CHAOS", "").lower() == "long"
 FIGURES_PATH = Path(__file__).with_name("worker-model-last-run.json")
 QUEUE, DEAD_LETTERS = "model", "model_failed"
 VISIBILITY = 30
-KINDS = ("ok", "slow", "poison", "crash", "transient", "flaky")
+# What a message's handler does: return (ok), take 2.5 visibility timeouts (slow), raise
+# (poison), kill the worker (crash), raise RestartLater (transient), raise the first time
+# (flaky); and messages a producer delayed beyond SQS's 15 minutes (delayed: the worker
+# re-sends them until due) or whose sqsd_not_before is garbage (treated as absent).
+KINDS = ("ok", "slow", "poison", "crash", "transient", "flaky", "delayed", "garbage")
+GARBAGE = ("nan", "inf", "-inf", "-5", "abc", "1e400", "")
+DELAY = 1000  # seconds: beyond SQS's longest DelaySeconds (900)
 CLOCK = FakeClock()
 # Issue #10 asks for extensions never queued behind deletes and failed ones retried well
 # before the deadline: then only an extension call stalled past the margin excuses a lapse.
@@ -98,7 +105,7 @@ TABLE_KEYWORD = "attempts" if "attempts" in inspect.signature(worker_module.Work
 # Figures over all cases of this session.
 FIGURES: dict[str, Any] = {
     "cases": 0, "steps": 0, "longest_run": 0, "messages": 0, "most_messages": 0,
-    "handled": 0, "failed": 0, "dead_lettered": 0, "safety_net": 0, "kills": 0,
+    "handled": 0, "failed": 0, "dead_lettered": 0, "safety_net": 0, "re_delayed": 0, "kills": 0,
     "graceful_stops": 0, "master_restarts": 0, "faults": 0, "lapses": 0, "drain_rounds": 0,
 }
 
@@ -145,6 +152,14 @@ class FailedUnlogged(Violation):
 
 class Spins(Violation):
     """A worker thread wakes up again and again without time passing."""
+
+
+class TooEarly(Violation):
+    """A delayed message's handler ran before its sqsd_not_before."""
+
+
+class WorkerCrashed(Violation):
+    """An exception escaped the worker's message engine (the process would exit)."""
 
 
 class Stuck(Violation):
@@ -341,6 +356,7 @@ class Entry:
     last: str = ""  # outcome of the last start: completed, failed, restart, killed
     removed: str = ""  # why it left the queue, once it did
     dead_lettered: int = 0
+    not_before: float = 0.0  # epoch seconds (delayed)
 
 
 class WorkerModel(RuleBasedStateMachine):
@@ -390,8 +406,9 @@ class WorkerModel(RuleBasedStateMachine):
         dead_letter=st.booleans(),
         retry_on_error=st.booleans(),
         batch_size=st.integers(1, 10),
+        max_receives=st.sampled_from([0, 4]),
     )
-    def configure(self, max_retries, dead_letter, retry_on_error, batch_size):
+    def configure(self, max_retries, dead_letter, retry_on_error, batch_size, max_receives):
         self.max_retries = max_retries
         self.queue_settings = QueueSettings(
             name=QUEUE,
@@ -402,9 +419,11 @@ class WorkerModel(RuleBasedStateMachine):
             max_retries=max_retries,
             dead_letter_queue=DEAD_LETTERS if dead_letter else "",
             on_error="retry" if retry_on_error else "",
+            max_receives=max_receives,
         )
         note(f"queue: max_retries={max_retries} dead_letter={dead_letter} "
-             f"on_error={self.queue_settings.error_policy} batch_size={batch_size}")
+             f"on_error={self.queue_settings.error_policy} batch_size={batch_size} "
+             f"max_receives={self.queue_settings.receive_limit}")
 
     def open_table(self) -> Any:
         if AttemptTable is not None:
@@ -513,6 +532,9 @@ class WorkerModel(RuleBasedStateMachine):
         body = message.body
         if body in self.running:
             self.fail(f"{body}: handler started while it already runs", TwoAtOnce)
+        if entry.not_before and self.clock.time() < entry.not_before:
+            self.fail(f"{body}: handler started {entry.not_before - self.clock.time():.0f} s "
+                      "before its sqsd_not_before", TooEarly)
         limit = self.max_retries + 1
         if entry.completions == 0 and entry.starts >= limit:
             self.fail(f"{body}: handler started a {entry.starts + 1}th time, "
@@ -557,6 +579,8 @@ class WorkerModel(RuleBasedStateMachine):
         policy = self.queue_settings.error_policy
         if how == "deleted" and entry.completions:
             return "handled"
+        if how == "deleted" and sum(b == body for b in self.sqs.bodies(self.url)) > 1:
+            return "re-delayed"  # a copy is queued (with the rest of its delay)
         if entry.last == "failed" and policy != "retry":
             logged = any(e == "handler failed" and b == body for e, _, b in self.failed_log)
             if not logged:
@@ -591,9 +615,9 @@ class WorkerModel(RuleBasedStateMachine):
         reason = self.justify(message.body, message.receives, "deleted")
         entry = self.ledger[message.body]
         if not entry.removed:
-            entry.removed = reason
-            key = {"handled": "handled", "failed": "failed", "safety net": "safety_net"}.get(
-                reason, "dead_lettered")
+            entry.removed = "" if reason == "re-delayed" else reason
+            key = {"handled": "handled", "failed": "failed", "safety net": "safety_net",
+                   "re-delayed": "re_delayed"}.get(reason, "dead_lettered")
             self.figures[key] += 1
 
     def on_send(self, url: str, message: fake_sqs.StoredMessage) -> None:
@@ -620,6 +644,11 @@ class WorkerModel(RuleBasedStateMachine):
             self.crashed(str(killed))
         except Abort:
             pass
+        except Exception as exc:  # out of the worker's engine: its process would exit
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            with contextlib.suppress(Abort):
+                self.fail(f"the worker crashed: {type(exc).__name__}: {exc} "
+                          f"({Path(where.filename).name}:{where.lineno})", WorkerCrashed)
         except BaseException:  # hypothesis ending the case (StopTest): no drain after it
             self.interrupted = True
             raise
@@ -724,14 +753,23 @@ class WorkerModel(RuleBasedStateMachine):
 
     # -- rules ----------------------------------------------------------------------------
 
-    @rule(kind=st.sampled_from(KINDS), count=st.integers(1, 4), tagged=st.booleans())
-    def send(self, kind, count, tagged):
+    @rule(kind=st.sampled_from(KINDS), count=st.integers(1, 4), tagged=st.booleans(),
+          garbage=st.sampled_from(GARBAGE))
+    def send(self, kind, count, tagged, garbage):
         for _ in range(count):
             self.sent += 1
             body = f"{kind}-{self.sent}"
-            attributes = {"tenant": {"DataType": "String", "StringValue": "acme"}} if tagged \
-                else None
-            self.ledger[body] = Entry(kind)
+            attributes = {}
+            if tagged:
+                attributes["tenant"] = {"DataType": "String", "StringValue": "acme"}
+            entry = Entry(kind)
+            if kind == "delayed":
+                entry.not_before = self.clock.time() + DELAY
+                attributes["sqsd_not_before"] = {
+                    "DataType": "Number", "StringValue": repr(entry.not_before)}
+            elif kind == "garbage":
+                attributes["sqsd_not_before"] = {"DataType": "String", "StringValue": garbage}
+            self.ledger[body] = entry
             self.sqs.put(self.url, body, attributes)
         self.steps += 1
 
@@ -742,7 +780,7 @@ class WorkerModel(RuleBasedStateMachine):
             self.act(data, self.work_once, step=False)
         self.steps += 1
 
-    @rule(seconds=st.sampled_from([1, 10, VISIBILITY + 1, 300]), data=st.data())
+    @rule(seconds=st.sampled_from([1, 10, VISIBILITY + 1, 300, 901]), data=st.data())
     def time_passes(self, seconds, data):
         self.act(data, lambda: self.scheduler.pass_time(seconds))
 
@@ -807,7 +845,8 @@ class WorkerModel(RuleBasedStateMachine):
         while self.sqs.queues[self.url].messages and rounds < bound:
             rounds += 1
             self.act(None, self.work_once, step=False)
-            self.scheduler.pass_time(VISIBILITY + 1)
+            due = [m.visible_at for m in self.sqs.queues[self.url].messages.values()]
+            self.scheduler.pass_time(max([VISIBILITY + 1, *[t - self.clock.now for t in due]]))
         self.figures["drain_rounds"] += rounds
         left = {m.body: m.receives for m in self.sqs.queues[self.url].messages.values()}
         if left:
