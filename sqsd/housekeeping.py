@@ -375,6 +375,10 @@ class Housekeeper:
         self.heartbeat.deleting(message)
         self.deleter.add(message)
 
+    def deleting(self, message: Message) -> None:
+        """``message`` is being deleted by the caller: keep it hidden until it releases it."""
+        self.heartbeat.deleting(message)
+
     def flush(self, *, wait: bool = False) -> None:
         """Ask for pending deletes to go out now (end of a batch); with ``wait``, return
         once they are done (FIFO: a group stays locked until its messages are deleted)."""

@@ -342,6 +342,7 @@ class Worker:
                 kept = True
             if kept and group is not None:
                 blocked_groups.add(group)
+        self.broken.clear()  # those never handled (given back, re-delayed) come back anew
         housekeeper.flush(wait=self.queue.fifo)
 
     def _message(self, raw: dict[str, Any], queue_name: str, suffix: str) -> Message:
@@ -378,7 +379,7 @@ class Worker:
         times (the safety net for starts this host never saw)."""
         starts = self.attempts.starts(message.id)
         if starts > self.queue.max_retries:
-            return f"handler started {starts} times without finishing (max_retries)"
+            return f"handler started {starts} times (max_retries)"
         if message.receive_count > self.queue.receive_limit:
             return f"received {message.receive_count} times (max_receives)"
         return ""
@@ -608,18 +609,23 @@ class Worker:
 
     def _delete_now(self, message: Message) -> bool:
         assert self.housekeeper is not None
-        self.housekeeper.release(message)
+        # Still kept hidden while the call is in flight: a slow delete must not let the
+        # message reappear (and run elsewhere) before it is gone.
+        self.housekeeper.deleting(message)
         try:
             self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
         except Exception as exc:
             self.log.warning("delete failed", message_id=message.id, error=str(exc))
             return False
         finally:
+            self.housekeeper.release(message)
             self.slot.add(scoreboard.DELETES)
         self.attempts.forget(message.id)
         return True
 
     def _change_visibility(self, message: Message, seconds: int) -> None:
+        assert self.housekeeper is not None
+        self.housekeeper.release(message)  # or the heartbeat could undo the new timeout
         seconds = max(0, min(seconds, MAX_VISIBILITY))
         try:
             self.client.change_message_visibility(
@@ -642,7 +648,7 @@ class Worker:
             if not messages:
                 return
         # Not given back: they reappear after their visibility timeout all the same.
-        self.log.warning("give back failed", messages=len(messages))
+        self.log.warning("give back given up", messages=len(messages))
 
     def _give_back_once(self, messages: list[Message]) -> list[Message]:
         """One ChangeMessageVisibilityBatch to 0 per ten messages; returns those to retry."""
@@ -655,20 +661,28 @@ class Worker:
                     QueueUrl=self.url, Entries=entries
                 )
             except Exception as exc:
-                self.log.warning("give back failed; retrying", messages=len(chunk), error=str(exc))
+                self.log.warning("give back failed", messages=len(chunk), error=str(exc))
                 retry.extend(chunk)
                 continue
             finally:
                 self.slot.add(scoreboard.VISIBILITY_CHANGES)
             for failure in response.get("Failed", []):
                 message = chunk[int(failure["Id"])]
-                if failure_kind(failure) == "transient":
+                kind = failure_kind(failure)
+                if kind == "transient":
                     retry.append(message)
-                else:
+                elif kind == "gone":
                     self.log.warning(
                         "give back refused: the message is no longer ours, it may be handled again",
                         message_id=message.id,
                         code=failure.get("Code"),
+                    )
+                else:  # it reappears after its visibility timeout instead
+                    self.log.warning(
+                        "give back refused",
+                        message_id=message.id,
+                        code=failure.get("Code"),
+                        error=failure.get("Message"),
                     )
         return retry
 
