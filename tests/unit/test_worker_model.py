@@ -1,25 +1,32 @@
 """A model-based test of the worker's message engine (issue #10, "Must show").
 
 A ``hypothesis.stateful`` machine drives the real ``sqsd.worker.Worker`` in this process:
-its ``_receive`` and ``_process_batch``, and its housekeeper's real ``run()`` loop, stepped by
-a small discrete-event scheduler on a fake clock (the thread is never started: its condition
-is replaced by one that hands control back instead of blocking). SQS is the in-process fake of
-tests/support/fake_sqs.py; at every SQS call, every handler start and inside every handler
-the machine draws what goes wrong: throttling, a 5xx, a ``Failed`` batch entry, a call that
-stalls for tens of seconds, or the worker process dying (before or after SQS applied the
-call, before a handler, while it runs, after it returned but before the delete, during a
-delete, during a heartbeat or a give-back). A death raises ``Killed`` (a BaseException) and
-the Worker object is thrown away with all its memory; the next one shares only what survives
-a crash: the fake SQS and the attempt table. A master restart also rebuilds the attempt
-table from its file (today's main: the give-back table in anonymous memory, which does not
-survive). Graceful stops (SIGTERM between batches or while a handler runs) give messages back.
+its ``_receive`` and ``_process_batch``, and the real ``run()`` loops of its helper threads
+(heartbeat and deleter; before #10 one housekeeper), stepped by a small discrete-event
+scheduler on a fake clock: the threads are never started, their conditions are replaced by
+ones that hand control back instead of blocking, and while one of them (or the main thread)
+is inside a slow call the others run. SQS is the in-process fake of tests/support/fake_sqs.py.
+At every SQS call, before every handler start and inside every handler the machine draws
+what goes wrong: throttling, a 5xx, a ``Failed`` batch entry, a call that stalls for 5 to 40
+seconds, a SIGTERM, or the worker process dying (before or after SQS applied the call,
+before a handler, while it runs, after it returned but before the delete, during a delete,
+a dead-letter send, a heartbeat or a give-back). A death raises ``Killed`` and the Worker
+object is thrown away with all its memory; the next one shares only what survives a crash:
+the fake SQS and the attempt table. A master restart (graceful or killed) also reopens the
+attempt table from its file (before #10: a new give-back table, which lived in the master's
+anonymous memory). Messages: plain, slow (2.5 visibility timeouts), poison, crashing,
+RestartLater, failing once, delayed beyond SQS's 15 minutes, garbage ``sqsd_not_before``.
 
 The invariant, checked at every delete and dead-letter send, after every step and after
-draining at the end: every message sent is still in the queue, or was deleted after a
-handler returned, or failed under the queue's on_error policy, or was dead-lettered (or
-logged and dropped) after exactly max_retries + 1 handler starts (or past the max_receives
-safety net); no handler runs more than max_retries + 1 times without success; no handler
-starts on a message SQS no longer keeps hidden for it unless a heartbeat call failed.
+draining without faults at the end: every message sent is still in the queue, or was
+deleted after a handler returned, or failed under the queue's on_error policy (with its
+failed-log record), or was dead-lettered (or logged and dropped) after exactly
+max_retries + 1 handler starts of that SQS message (or past the max_receives safety net);
+no handler starts more than max_retries + 1 times without a success, none before its
+``sqsd_not_before``; a message is hidden from other workers while its handler runs and
+until its delete after success, unless an extension call failed (since #10: stalled past
+the margin; a failed one must be retried before the deadline); no exception escapes the
+engine; after draining nothing is left in the queue.
 
 ``make test`` runs a few hundred cases; ``SQSD_CHAOS=long`` (``make chaos``) many thousands.
 Figures: tests/unit/worker-model-last-run.json and the terminal summary.
