@@ -398,7 +398,13 @@ class Worker:
         started = time.monotonic()
         kept = False
         try:
-            self._call_handler(message)
+            try:  # in this frame: a failure's traceback shows one line of sqsd, not two
+                broken = self.broken.pop(message.id, None)
+                if broken is not None:
+                    raise broken
+                self._run(self.spec.handler(message))
+            finally:
+                self._exit_if_forked()
         except RestartLater as exc:
             kept = True
             self._restart_later(message, exc, started)
@@ -426,15 +432,6 @@ class Worker:
         if kept or self.queue.delete_on_start:
             housekeeper.release(message)
         return kept
-
-    def _call_handler(self, message: Message) -> None:
-        broken = self.broken.pop(message.id, None)
-        if broken is not None:
-            raise broken
-        try:
-            self._run(self.spec.handler(message))
-        finally:
-            self._exit_if_forked()
 
     def _run(self, result: Any) -> Any:
         """An ``async def`` handler (or hook) returned an awaitable: run it to the end on
