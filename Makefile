@@ -23,9 +23,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests/chaos
 
 # The reliability suite with the issue's full numbers (the short form runs in `make test`);
-# figures in tests/chaos/last-run.json.
+# figures in tests/chaos/last-run.json. Then the worker model with many thousands of cases
+# (tests/unit/worker-model-last-run.json).
 chaos: $(STAMP)
 	SQSD_CHAOS=long $(PY) -m pytest -q tests/chaos
+	SQSD_CHAOS=long $(PY) -m pytest -q tests/unit/test_worker_model.py
 
 # The shipped units under a real systemd: a Debian container booted with systemd-nspawn
 # (root only; elsewhere one line says why and it exits 0). Cached container layers live in

@@ -324,3 +324,16 @@ def nobody():
     from another_user import other_user
 
     yield from other_user()
+
+
+_SESSION_STARTED = time.time()
+WORKER_MODEL_FIGURES = Path(__file__).parent / "unit" / "worker-model-last-run.json"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The worker model's figures (tests/unit/test_worker_model.py), when it ran in this
+    session (in an xdist worker too: it leaves them in a file)."""
+    path = WORKER_MODEL_FIGURES
+    if path.exists() and path.stat().st_mtime >= _SESSION_STARTED:
+        terminalreporter.section("worker model (issue #10)")
+        terminalreporter.write_line(json.dumps(json.loads(path.read_text())))
