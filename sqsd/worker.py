@@ -342,6 +342,7 @@ class Worker:
                 kept = True
             if kept and group is not None:
                 blocked_groups.add(group)
+        self.broken.clear()  # those never handled (given back, re-delayed) come back anew
         housekeeper.flush(wait=self.queue.fifo)
 
     def _message(self, raw: dict[str, Any], queue_name: str, suffix: str) -> Message:
@@ -378,7 +379,7 @@ class Worker:
         times (the safety net for starts this host never saw)."""
         starts = self.attempts.starts(message.id)
         if starts > self.queue.max_retries:
-            return f"handler started {starts} times without finishing (max_retries)"
+            return f"handler started {starts} times (max_retries)"
         if message.receive_count > self.queue.receive_limit:
             return f"received {message.receive_count} times (max_receives)"
         return ""
@@ -642,7 +643,7 @@ class Worker:
             if not messages:
                 return
         # Not given back: they reappear after their visibility timeout all the same.
-        self.log.warning("give back failed", messages=len(messages))
+        self.log.warning("give back given up", messages=len(messages))
 
     def _give_back_once(self, messages: list[Message]) -> list[Message]:
         """One ChangeMessageVisibilityBatch to 0 per ten messages; returns those to retry."""
@@ -655,20 +656,28 @@ class Worker:
                     QueueUrl=self.url, Entries=entries
                 )
             except Exception as exc:
-                self.log.warning("give back failed; retrying", messages=len(chunk), error=str(exc))
+                self.log.warning("give back failed", messages=len(chunk), error=str(exc))
                 retry.extend(chunk)
                 continue
             finally:
                 self.slot.add(scoreboard.VISIBILITY_CHANGES)
             for failure in response.get("Failed", []):
                 message = chunk[int(failure["Id"])]
-                if failure_kind(failure) == "transient":
+                kind = failure_kind(failure)
+                if kind == "transient":
                     retry.append(message)
-                else:
+                elif kind == "gone":
                     self.log.warning(
                         "give back refused: the message is no longer ours, it may be handled again",
                         message_id=message.id,
                         code=failure.get("Code"),
+                    )
+                else:  # it reappears after its visibility timeout instead
+                    self.log.warning(
+                        "give back refused",
+                        message_id=message.id,
+                        code=failure.get("Code"),
+                        error=failure.get("Message"),
                     )
         return retry
 
