@@ -1,0 +1,79 @@
+"""Handlers for the worker engine v2 tests (issue #12, ``tests/integration/test_engine.py``):
+the body chooses what happens, as in :mod:`tests.receivers.atleastonce`.
+
+Body ``COMMAND[:ARGUMENT]|TAG``; the tag makes bodies distinct. Commands:
+
+``ok``          return (the message is deleted)
+``sleep:S``     sleep S seconds (``await asyncio.sleep(S)`` in ``ahandle``), then return
+``fail``        raise ValueError on every delivery
+``failonce``    raise ValueError on the first delivery (receive count 1), else return
+
+Each call records a ``start`` line before anything else and an ``end`` line with the
+outcome (``ok``, ``raised``, ``cancelled``) and its start and end times when the call
+returns, raises or is cancelled, each with the pid, the thread (``threading.get_ident()``),
+``key`` (the body, for :class:`tests.chaos.ledger.Ledger`), the receive count and the FIFO
+message group. ``handle`` is a plain function (run on the worker's thread pool when
+``concurrency > 1``), ``ahandle`` the same as an ``async def`` receiver.
+"""
+
+import asyncio
+import threading
+import time
+
+import sqsd
+from tests.receivers.chaos import body_key
+from tests.receivers.record import record
+
+
+def fields(message: sqsd.Message) -> dict:
+    return {
+        "queue": message.queue,
+        "message_id": message.id,
+        "key": body_key(message.body),
+        "receive_count": message.receive_count,
+        "group": (message.attributes or {}).get("MessageGroupId"),
+        "thread": threading.get_ident(),
+    }
+
+
+def command(message: sqsd.Message) -> tuple[str, str]:
+    name, _, argument = message.body.partition("|")[0].partition(":")
+    return name, argument
+
+
+def handle(message: sqsd.Message) -> None:
+    started = time.time()
+    info = fields(message)
+    record("start", **info)
+    name, argument = command(message)
+    outcome = "ok"
+    try:
+        if name == "sleep":
+            time.sleep(float(argument))
+        elif name == "fail" or (name == "failonce" and message.receive_count <= 1):
+            outcome = "raised"
+            raise ValueError(f"engine fail {info['key']}")
+    finally:
+        record("end", started=started, ended=time.time(), outcome=outcome, **info)
+
+
+async def ahandle(message: sqsd.Message) -> None:
+    started = time.time()
+    info = fields(message)
+    record("start", **info)
+    name, argument = command(message)
+    outcome = "ok"
+    try:
+        if name == "sleep":
+            await asyncio.sleep(float(argument))
+        else:
+            await asyncio.sleep(0)
+            if name == "fail" or (name == "failonce" and message.receive_count <= 1):
+                outcome = "raised"
+                raise ValueError(f"engine async fail {info['key']}")
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        info["thread"] = threading.get_ident()
+        record("end", started=started, ended=time.time(), outcome=outcome, **info)
