@@ -6,7 +6,9 @@ Body ``COMMAND[:ARGUMENT]|TAG``; the tag makes bodies distinct. Commands:
 ``ok``          return (the message is deleted)
 ``sleep:S``     sleep S seconds (``await asyncio.sleep(S)`` in ``ahandle``), then return
 ``fail``        raise ValueError on every delivery
-``failonce``    raise ValueError on the first delivery (receive count 1), else return
+``failonce``    raise ValueError the first time a handler starts on it, else return (by a
+                marker file beside the record file, not by the receive count: a message
+                given back unstarted is received again without having failed)
 
 Each call records a ``start`` line before anything else and an ``end`` line with the
 outcome (``ok``, ``raised``, ``cancelled``) and its start and end times when the call
@@ -17,11 +19,13 @@ message group. ``handle`` is a plain function (run on the worker's thread pool w
 """
 
 import asyncio
+import hashlib
+import os
 import threading
 import time
 
 import sqsd
-from tests.receivers.record import record
+from tests.receivers.record import RECORD_ENV, record
 
 
 def fields(message: sqsd.Message) -> dict:
@@ -33,6 +37,24 @@ def fields(message: sqsd.Message) -> dict:
         "group": (message.attributes or {}).get("MessageGroupId"),
         "thread": threading.get_ident(),
     }
+
+
+def first_start(body: str) -> bool:
+    """True exactly once per body (across processes): creates a marker file."""
+    record_path = os.environ.get(RECORD_ENV)
+    if not record_path:
+        return True
+    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+    marker = os.path.join(os.path.dirname(record_path), f"failonce-{digest}")
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def fails(message: sqsd.Message, name: str) -> bool:
+    return name == "fail" or (name == "failonce" and first_start(message.body))
 
 
 def command(message: sqsd.Message) -> tuple[str, str]:
@@ -49,7 +71,7 @@ def handle(message: sqsd.Message) -> None:
     try:
         if name == "sleep":
             time.sleep(float(argument))
-        elif name == "fail" or (name == "failonce" and message.receive_count <= 1):
+        elif fails(message, name):
             outcome = "raised"
             raise ValueError(f"engine fail {info['key']}")
     finally:
@@ -67,7 +89,7 @@ async def ahandle(message: sqsd.Message) -> None:
             await asyncio.sleep(float(argument))
         else:
             await asyncio.sleep(0)
-            if name == "fail" or (name == "failonce" and message.receive_count <= 1):
+            if fails(message, name):
                 outcome = "raised"
                 raise ValueError(f"engine async fail {info['key']}")
     except asyncio.CancelledError:
