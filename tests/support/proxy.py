@@ -12,6 +12,12 @@ request to the plain-HTTP ``upstream``, unless its ``mode`` says otherwise:
 ``stall``     forward, then hold the response ``stall_seconds`` before sending it
 ``mixed``     any of the four above, at random, per request
 
+``action_faults`` overrides the mode for single actions (``{"DeleteMessageBatch":
+"stall"}``: deletes are slow, everything else passes), and ``fail_batch_entries(action,
+times)`` answers the next ``times`` calls of a batch action (DeleteMessageBatch,
+ChangeMessageVisibilityBatch, ...) with every entry ``Failed`` (a transient, server-side
+``InternalError`` by default), without forwarding them: the call itself succeeds.
+
 Every request is recorded as a :class:`Call`: when it arrived, its SQS action and queue,
 the fault applied, whether a ReceiveMessage came back empty and, when ``candidates()``
 names the processes to look among, the pid of the process that made it (found from its
@@ -79,6 +85,8 @@ class SQSProxy:
         self.candidates = candidates
         self.stall_seconds = stall_seconds
         self.mode = "pass"
+        self.action_faults: dict[str, str] = {}  # action -> a mode, over ``mode``
+        self._entry_failures: dict[str, tuple[int, str]] = {}  # action -> (times left, code)
         self.calls: list[Call] = []
         self.random = random.Random(seed)
         self._lock = threading.Lock()
@@ -96,6 +104,20 @@ class SQSProxy:
     def set_mode(self, mode: str) -> None:
         assert mode in MODES, mode
         self.mode = mode
+
+    def fail_batch_entries(self, action: str, times: int = 1, code: str = "InternalError") -> None:
+        """Answer the next ``times`` ``action`` calls with every entry Failed (``code``,
+        SenderFault false), without forwarding them to the upstream."""
+        with self._lock:
+            self._entry_failures[action] = (times, code)
+
+    def _take_entry_failure(self, action: str) -> str | None:
+        with self._lock:
+            times, code = self._entry_failures.get(action, (0, ""))
+            if times <= 0:
+                return None
+            self._entry_failures[action] = (times - 1, code)
+            return code
 
     def calls_between(self, start: float = 0.0, end: float = float("inf")) -> list[Call]:
         """The calls that arrived in [start, end) (time.monotonic())."""
@@ -173,13 +195,19 @@ class SQSProxy:
                 method, path, headers, body = request
                 if pid is None:  # connections opened before candidates were known
                     pid = pid_of_peer(port, self.candidates())
-                fault = self.mode
+                action, queue = parse_call(headers, body)
+                fault = self.action_faults.get(action, self.mode)
                 if fault == "mixed":
                     fault = self.random.choice(FAULTS)
-                action, queue = parse_call(headers, body)
+                failed_code = self._take_entry_failure(action)
+                if failed_code:
+                    fault = "failed-entries"
                 call = Call(time.monotonic(), pid, action, queue, fault)
                 with self._lock:
                     self.calls.append(call)
+                if failed_code:
+                    client.sendall(failed_entries_response(action, headers, body, failed_code))
+                    continue
                 if fault == "503":
                     client.sendall(
                         error_response(503, "ServiceUnavailable", headers, "Service Unavailable")
@@ -285,6 +313,40 @@ def error_response(status: int, code: str, headers: dict[str, str], message: str
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
         f"x-amzn-query-error: {code};Sender\r\nx-amzn-RequestId: chaos\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+def failed_entries_response(action: str, headers: dict[str, str], body: bytes,
+                            code: str) -> bytes:
+    """A successful response to a batch call in which every entry failed with ``code``."""
+    message = "injected by the test proxy"
+    if "json" in headers.get("content-type", ""):
+        try:
+            entries = json.loads(body or b"{}").get("Entries", [])
+        except (ValueError, AttributeError):
+            entries = []
+        payload = json.dumps({"Successful": [], "Failed": [
+            {"Id": e.get("Id", ""), "SenderFault": False, "Code": code, "Message": message}
+            for e in entries
+        ]}).encode()
+        content_type = "application/x-amz-json-1.0"
+    else:
+        form = parse_qs(body.decode("utf-8", "replace"))
+        ids = [v[0] for k, v in sorted(form.items()) if k.endswith(".Id")]
+        errors = "".join(
+            f"<BatchResultErrorEntry><Id>{i}</Id><Code>{code}</Code><Message>{message}"
+            "</Message><SenderFault>false</SenderFault></BatchResultErrorEntry>"
+            for i in ids
+        )
+        payload = (
+            f"<{action}Response><{action}Result>{errors}</{action}Result>"
+            f"<ResponseMetadata><RequestId>chaos</RequestId></ResponseMetadata></{action}Response>"
+        ).encode()
+        content_type = "text/xml"
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nx-amzn-RequestId: chaos\r\n"
         f"Content-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode() + payload
