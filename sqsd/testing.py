@@ -26,8 +26,11 @@ one whose SQS client is a dict of lists, and restored on exit.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
+import inspect
 import itertools
 import logging
 import os
@@ -388,7 +391,7 @@ class Queues:
             queue._remove(stored)
         self._running.append((queue.name, queue.suffix))
         try:
-            route.handler(message)
+            _run(route.handler(message))
         except RestartLater as exc:
             counts.retried += 1
             log.info("restart later: %s (%s)", message.id, exc or "no reason given")
@@ -452,9 +455,26 @@ class Queues:
         if route.after_message is None:
             return
         try:
-            route.after_message(message)
+            _run(route.after_message(message))
         except Exception:
             log.exception("after_message hook failed on %s", message.id)
+
+
+def _run(result: Any) -> Any:
+    """Await what an ``async def`` handler returned, as the worker does; from inside a
+    running event loop (an async test), on a loop of its own in a helper thread."""
+    if not inspect.isawaitable(result):
+        return result
+
+    async def awaited() -> Any:
+        return await result
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(awaited())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqsd-testing") as pool:
+        return pool.submit(asyncio.run, awaited()).result()
 
 
 class _MemoryProducer(Producer):

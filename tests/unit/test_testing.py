@@ -401,3 +401,34 @@ def test_marker_passes_options_to_the_fixture(sqsd_queues: sqsd.testing.Queues) 
     sqsd.send("t_marked", "eager")
     assert seen.bodies == ["eager"]
     assert sqsd_queues["t_marked"].messages == []
+
+
+def test_async_receivers_and_tasks_are_awaited_with_the_same_outcomes() -> None:
+    import asyncio
+
+    bodies: list[str] = []
+
+    @sqsd.receiver("t_async")
+    async def handle(message: sqsd.Message) -> None:
+        await asyncio.sleep(0)
+        bodies.append(message.body)
+        if message.body == "fail":
+            raise ValueError("async boom")
+
+    @sqsd.task("t_async_task")
+    async def add(a: int, b: int) -> None:
+        bodies.append(f"{a}+{b}")
+
+    with queues() as q:
+        sqsd.send("t_async", "ok")
+        sqsd.send("t_async", "fail")
+        add.delay(1, 2)
+        assert q.run_pending() == RunCounts(processed=2, failed=1)
+        assert bodies == ["ok", "fail", "1+2"]
+
+        async def inside_a_loop() -> RunCounts:  # an async test calling run_pending()
+            sqsd.send("t_async", "again")
+            return q.run_pending()
+
+        assert asyncio.run(inside_a_loop()) == RunCounts(processed=1)
+        assert bodies[-1] == "again"
