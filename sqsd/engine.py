@@ -313,7 +313,6 @@ class Threads(Engine):
         self.give_back_held()
         while not self.finished():
             self._wait(TICK)
-            self.worker.slot.beat()
 
     def close(self) -> None:
         with self.lock:
@@ -341,6 +340,7 @@ class Threads(Engine):
     def _wait(self, timeout: float) -> None:
         with self.lock:
             self.lock.wait(timeout)
+        self.worker.slot.beat()
 
     def _serve(self) -> None:
         worker = self.worker

@@ -190,10 +190,12 @@ class Slot:
     def set_running(self, busy: int, started: float, message_id: str) -> None:
         """``busy`` handlers run now, the oldest since ``started`` on ``message_id``
         (callers hold the lock that orders their updates)."""
+        now = time.monotonic()
         if busy:
-            now = time.monotonic()
             _HEAD.pack_into(self.memory, self.offset, WorkerState.BUSY, now, now)
             _MESSAGE_ID.pack_into(self.memory, self.offset + _MESSAGE_ID_AT, message_id.encode())
+        else:  # the worker's main thread is receiving, or about to say what it does
+            _HEAD.pack_into(self.memory, self.offset, WorkerState.POLLING, now, now)
         _FLOAT.pack_into(self.memory, self.offset + _MESSAGE_STARTED_AT, started)
         _U32.pack_into(self.memory, self.offset + _SLOTS_AT, busy)
 
