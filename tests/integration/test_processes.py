@@ -1,7 +1,10 @@
 """The master and its workers as processes: layout, status, crashes, signals."""
 
+import itertools
 import os
 import signal
+
+from conftest import log_events
 
 BASIC_RECEIVER = "tests.receivers.basic:handle"
 WITH_BIG = {"basic": {"receiver": BASIC_RECEIVER, "suffixes": ["", "big"]}}
@@ -159,3 +162,14 @@ def test_sighup_reload_starts_an_added_queue_and_keeps_unchanged_workers(harness
     harness.send("other", "ok|reloaded")
     [call] = harness.wait_for_records(1, body="ok|reloaded")
     assert call["pid"] in daemon.worker_pids("other")
+
+
+def test_concurrency_above_one_runs_messages_at_once_without_a_warning(harness):
+    daemon = harness.start({"basic": {"receiver": BASIC_RECEIVER, "concurrency": 4}})
+    url = harness.queue_url("basic")
+    harness.sqs.send_message_batch(QueueUrl=url, Entries=[
+        {"Id": str(i), "MessageBody": f"sleep:0.5|one{i}"} for i in range(3)])
+    calls = sorted(harness.wait_for_records(3), key=lambda call: call["started"])
+    assert any(after["started"] < before["ended"]
+               for before, after in itertools.pairwise(calls)), calls
+    assert not log_events(daemon, "concurrency not implemented: one message at a time")

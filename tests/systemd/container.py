@@ -39,6 +39,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# Distributions this checkout builds itself (clients/python); never installed from PyPI.
+OWN_DISTRIBUTIONS = ("sqsd-client",)
 CACHE = Path(os.environ.get("SQSD_SYSTEMD_CACHE", "/var/cache/sqsd-systemd-test"))
 SUITE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "procps")
@@ -222,7 +224,9 @@ def project_requirements() -> list[str]:
     requirements = list(project["project"]["dependencies"])
     requirements += project["project"]["optional-dependencies"]["local"]
     requirements += project["build-system"]["requires"]
-    return sorted(requirements)
+    # sqsd-client is built from this checkout (clients/python) with sqsd itself, never
+    # fetched: PyPI may hold no such release, or another one.
+    return sorted(r for r in requirements if not r.startswith(OWN_DISTRIBUTIONS))
 
 
 def venv_layer(root: Path) -> Path:

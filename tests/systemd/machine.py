@@ -124,7 +124,10 @@ class Machine:
     def install(self) -> None:
         """Everything an operator installs (docs/operations.md), plus the test's pieces."""
         src = self.root / "opt/sqsd/src"
-        for name in ("pyproject.toml", "README.md", "sqsd", "sqsd_client"):
+        # sqsd and sqsd-client, as `pip install . ./clients/python` sees them (symbolic
+        # links such as clients/python/sqsd_client are copied as what they point to).
+        for name in ("pyproject.toml", "README.md", "LICENSE", "sqsd", "sqsd_client",
+                     "clients"):
             path = REPO / name
             if path.is_dir():
                 shutil.copytree(path, src / name, ignore=shutil.ignore_patterns(
@@ -149,7 +152,7 @@ class Machine:
             useradd --no-create-home --groups sqsd-clients producer
             useradd --no-create-home outsider
             {VENV}/bin/pip install --quiet --no-cache-dir --disable-pip-version-check \
-                --no-deps --no-build-isolation --no-index /opt/sqsd/src
+                --no-deps --no-build-isolation --no-index /opt/sqsd/src/clients/python /opt/sqsd/src
             systemctl enable --quiet sqsd.socket sqsd.service moto-sqs.service
             systemctl mask --quiet console-getty.service apt-daily.timer \
                 apt-daily-upgrade.timer e2scrub_all.timer

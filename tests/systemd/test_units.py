@@ -74,7 +74,8 @@ def check_clients(machine, main_pid: int) -> None:
 
     outsider = machine.sqsctl("ping", user="outsider", check=False)
     assert outsider.returncode == 3, outsider
-    assert "Permission denied" in outsider.stderr, outsider.stderr
+    assert "permission denied" in outsider.stderr.lower(), outsider.stderr
+    assert "sqsd-clients" in outsider.stderr, outsider.stderr
     assert machine.sh([PYTHON, "-c", WAKE], user="outsider").stdout.strip() == "False"
 
 
