@@ -206,7 +206,9 @@ class Worker:
         self._set_title(state)
 
     def _set_title(self, state: WorkerState, busy: int | None = None) -> None:
-        if busy is None:
+        if busy is None and self.engine is not None:
+            busy = self.engine.running.count()
+        elif busy is None:
             busy = 1 if state is WorkerState.BUSY else 0
         slots = f"busy {busy}/{self.queue.concurrency}"
         title = f"sqsd: worker {self.spec.label} {state.label} {slots} {self.handled} done"
@@ -723,9 +725,12 @@ class Worker:
     def _give_back(self, messages: list[Message]) -> None:
         """Make received but unstarted messages visible again at once."""
         assert self.housekeeper is not None
+        if not messages:
+            return
         self.slot.add(scoreboard.GIVEN_BACK, len(messages))
         for message in messages:
             self.housekeeper.release(message)  # never started: no attempt to count
+            self.broken.pop(message.id, None)  # it comes back anew
         for attempt in range(GIVE_BACK_TRIES):
             if attempt:
                 time.sleep(0.1 * 2**attempt)  # throttled or a server fault: a moment's pause
