@@ -35,6 +35,7 @@ from sqsd.errors import (
 from sqsd.housekeeping import Housekeeper, failure_kind
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message, read_not_before
 from sqsd.plan import WorkerSpec  # re-exported: its home was here
+from sqsd.prefetch import Prefetch
 from sqsd.sqs import (
     MAX_ATTRIBUTES,
     MAX_VISIBILITY,
@@ -107,6 +108,7 @@ class Worker:
         self.handled = 0
         self.handled_lock = threading.Lock()  # handler threads count too (concurrency > 1)
         self.engine: Any = None  # sqsd.engine's, for concurrency > 1 or async def handlers
+        self.prefetch: Prefetch | None = None  # the single-threaded loop's next receive
         self.runner: asyncio.Runner | None = None  # async def handlers' event loop
         self.pid = os.getpid()  # a handler's fork returns in a child too: that is not us
         self.forks_seen = _forks  # forks made by handlers since: children to reap
@@ -152,6 +154,8 @@ class Worker:
         self.log.info("worker started", pid=os.getpid(), url=self.url)
         self.engine = engine.make_engine(self)
         self.slot.set_slots(self.queue.concurrency, asyncio=isinstance(self.engine, engine.Tasks))
+        if self.engine is None:
+            self.prefetch = Prefetch(self)
         code = EXIT_OK
         try:
             code = self._loop() if self.engine is None else self.engine.run()
@@ -159,6 +163,8 @@ class Worker:
             self._set_state(WorkerState.STOPPING)
             if self.engine is not None:
                 self.engine.close()
+            if self.prefetch is not None:
+                self.prefetch.close()
             self.housekeeper.stop()
             if self.runner is not None:
                 self.runner.close()
@@ -166,25 +172,37 @@ class Worker:
         return code
 
     def _loop(self) -> int:
-        while not self.stop_requested:
-            self._reap_forks()
-            if self.master_gone():
-                self.log.warning("master is gone; stopping")
-                return EXIT_OK
-            code = self._limit_reached()
-            if code is not None:
-                return code
-            try:
-                messages = self._receive()
-            except MissingQueue:
-                return EXIT_CONFIG
-            if messages:
-                self.idle_sleep = 0.0
-                self._process_batch(messages)
+        pending = None  # the next receive, already in flight (sqsd.prefetch)
+        try:
+            while not self.stop_requested:
                 self._reap_forks()
-            elif not self.stop_requested and self.error_sleep == 0.0:
-                self._sleep_idle()
-        return EXIT_OK
+                if self.master_gone():
+                    self.log.warning("master is gone; stopping")
+                    return EXIT_OK
+                code = self._limit_reached()
+                if code is not None:
+                    return code
+                if pending is not None:
+                    messages, pending = pending.result(), None
+                    if not messages:
+                        continue  # the backlog is gone: a plain receive next
+                else:
+                    try:
+                        messages = self._hold(self._receive())
+                    except MissingQueue:
+                        return EXIT_CONFIG
+                if messages:
+                    self.idle_sleep = 0.0
+                    if self.prefetch is not None:
+                        pending = self.prefetch.start(len(messages))
+                    self._run_batch(messages)
+                    self._reap_forks()
+                elif not self.stop_requested and self.error_sleep == 0.0:
+                    self._sleep_idle()
+            return EXIT_OK
+        finally:
+            if pending is not None and self.prefetch is not None:
+                self.prefetch.give_back(pending)
 
     def master_gone(self) -> bool:
         return os.getppid() != self.master_pid
@@ -264,9 +282,13 @@ class Worker:
 
     # -- receiving and idling -----------------------------------------------------------
 
-    def _receive(self, count: int = 0, wait: int | None = None) -> list[dict[str, Any]]:
+    def _receive(
+        self, count: int = 0, wait: int | None = None, *, background: bool = False
+    ) -> list[dict[str, Any]]:
         """One ReceiveMessage: ``count`` messages at most (0: batch_size), waiting ``wait``
-        seconds (None: wait_time_seconds)."""
+        seconds (None: wait_time_seconds). ``background``: a prefetch while a batch runs,
+        which leaves the worker's state alone and, on an error, returns nothing (the next
+        plain receive backs off)."""
         params = self.receive_params
         if count or wait is not None:
             params = dict(params)
@@ -274,6 +296,13 @@ class Worker:
                 params["MaxNumberOfMessages"] = count
             if wait is not None:
                 params["WaitTimeSeconds"] = wait
+        if background:
+            try:
+                response = self.client.receive_message(**params)
+            except Exception as exc:
+                self.log.debug("prefetch receive failed", error=str(exc))
+                return []
+            return self._received(response)
         if self.engine is None or not self.engine.busy:
             self._set_state(WorkerState.POLLING)
         else:
@@ -296,6 +325,9 @@ class Worker:
         finally:
             self.interruptible = False
         self.error_sleep = 0.0
+        return self._received(response)
+
+    def _received(self, response: dict[str, Any]) -> list[dict[str, Any]]:
         self.slot.add(scoreboard.RECEIVES)
         messages = response.get("Messages", [])
         self.slot.received(len(messages), oldest_age(messages))  # autoscaling's signals
@@ -355,12 +387,20 @@ class Worker:
     # -- handling -----------------------------------------------------------------------
 
     def _process_batch(self, raws: list[dict[str, Any]]) -> None:
+        self._run_batch(self._hold(raws))
+
+    def _hold(self, raws: list[dict[str, Any]]) -> list[Message]:
+        """The handler's messages for what a receive returned, kept hidden from now on."""
         received_at = time.monotonic()
         queue_name, suffix = self.queue.name, self.spec.suffix
         messages = [self._message(raw, queue_name, suffix) for raw in raws]
+        assert self.housekeeper is not None
+        self.housekeeper.hold(messages, received_at)
+        return messages
+
+    def _run_batch(self, messages: list[Message]) -> None:
         housekeeper = self.housekeeper
         assert housekeeper is not None
-        housekeeper.hold(messages, received_at)
         self._set_title(WorkerState.BUSY)  # once a batch: the scoreboard has the per-message detail
         blocked_groups: set[str] = set()
         for position, message in enumerate(messages):
@@ -374,7 +414,8 @@ class Worker:
             kept = self._process_guarded(message)
             if kept and group is not None:
                 blocked_groups.add(group)
-        self.broken.clear()  # those never handled (given back, re-delayed) come back anew
+        for message in messages:  # those never handled (given back, re-delayed) come back anew
+            self.broken.pop(message.id, None)
         housekeeper.flush(wait=self.queue.fifo)
 
     def _process_guarded(self, message: Message) -> bool:
@@ -514,6 +555,8 @@ class Worker:
         self.slot.observe_handler(seconds)
         if self.engine is None:
             self.slot.end_message()
+            if self.prefetch is not None:
+                self.prefetch.observe(seconds)
         else:
             self.engine.running.end(token, seconds)
         if after_hook:
