@@ -26,6 +26,7 @@ import collections
 import contextlib
 import inspect
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -287,11 +288,8 @@ class Threads(Engine):
             if want <= 0:
                 self._wait(TICK)
                 continue
-            # A receive that might wait long while messages are held would leave them
-            # waiting past hold_seconds: wait no longer than that.
-            wait = None if not self.held else int(min(self.queue.wait_time_seconds, 1))
             try:
-                messages = worker._receive(want, wait)
+                messages = worker._receive(want, self._poll_wait())
             except MissingQueue:
                 code = EXIT_CONFIG
                 break
@@ -304,6 +302,20 @@ class Threads(Engine):
                 worker._sleep_idle()
         self.drain()
         return code
+
+    def _poll_wait(self) -> int | None:
+        """How long the next receive may long-poll (None: wait_time_seconds). Not past the
+        moment a running handler reaches hard_timeout (the main thread must then stop
+        taking messages), and a second at most while messages are held (they must start
+        or go back within hold_seconds)."""
+        wait = self.queue.wait_time_seconds
+        if self.held:
+            wait = min(wait, 1)
+        oldest = self.running.oldest()
+        if oldest and self.queue.hard_timeout:
+            left = self.queue.hard_timeout - (time.monotonic() - oldest)
+            wait = min(wait, max(0, math.ceil(left)))
+        return None if wait == self.queue.wait_time_seconds else int(wait)
 
     def drain(self) -> None:
         """Take nothing new, give back everything held at once, let the running finish
