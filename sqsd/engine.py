@@ -16,7 +16,8 @@ the free slots alone. Held messages keep their heartbeat; one that waited longer
 
 FIFO queues: the messages of one group in a receive form one job, run in order by one
 slot; a message that stays queued (failure, RestartLater) gives back the rest of its
-group's job. No two jobs of a group run at once.
+group's job, and so does a job whose later messages waited past ``hold_seconds``. No two
+jobs of a group run at once.
 """
 
 from __future__ import annotations
@@ -233,13 +234,21 @@ class Engine:
         queued in a FIFO group (the rest of the group is given back, order kept)."""
         worker = self.worker
         for position, message in enumerate(job.messages):
-            if worker.stop_requested or self.draining:
+            if self.give_up_rest(job, position):
                 worker._give_back(job.messages[position:])
                 return
             kept = process(message)
             if kept and job.group is not None:
                 worker._give_back(job.messages[position + 1 :])
                 return
+
+    def give_up_rest(self, job: Job, position: int) -> bool:
+        """Whether the messages of ``job`` from ``position`` on go back unstarted: the
+        worker stops, or (later messages of a FIFO group) they waited past hold_seconds."""
+        if self.worker.stop_requested or self.draining:
+            return True
+        late = time.monotonic() - job.received_at > self.queue.hold_seconds
+        return position > 0 and late
 
     def past_hard_timeout(self) -> bool:
         oldest = self.running.oldest()
@@ -468,7 +477,7 @@ class Tasks(Engine):
     async def _run_task(self, job: Job) -> None:
         try:
             for position, message in enumerate(job.messages):
-                if self.worker.stop_requested or self.draining:
+                if self.give_up_rest(job, position):
                     self.worker._give_back(job.messages[position:])
                     return
                 kept = await self._process(message)
