@@ -417,6 +417,14 @@ def slow_rows(bench: Bench, size: dict[str, Any]) -> list[Row]:
         ),
         Row(
             scenario_label(),
+            f"{label}: s until deleted (queue seen empty)",
+            statistics.median(r["seconds_to_queue_empty"] for r in results),
+            None,
+            "s",
+            "",
+        ),
+        Row(
+            scenario_label(),
             f"{label}: messages on the busiest worker",
             statistics.median(r["messages_per_worker"][0] for r in results),
             None,
@@ -458,7 +466,8 @@ METHOD = (
     "the raw loop's column). (5) 2 processes × concurrency 2 with bench.receivers:slow2s "
     "(time.sleep(2)), both workers polling (status); one SendMessageBatch of 4 messages, "
     "then seconds from just before that send to the last handler's end (each reports its "
-    "start, end and pid); also how many of the 4 the busiest worker ran. (6) psutil "
+    "start, end and pid); also the seconds until the queue is seen empty (the 4 deleted; "
+    "depth polls every 25 ms), and how many of the 4 the busiest worker ran. (6) psutil "
     "memory_full_info().uss of the one worker of (2) (concurrency 32) at the end of its "
     "drain, before the daemon stops (median of the repeats; the JSON has PSS, RSS and its "
     "thread count)."
