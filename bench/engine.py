@@ -16,7 +16,9 @@ beside the raw boto3 loop measured in the same run where that makes sense.
 from __future__ import annotations
 
 import json
+import re
 import statistics
+import sys
 import time
 import traceback
 from collections import Counter
@@ -82,9 +84,31 @@ class Run:
     drain: Drain
     emptied: bool  # the queue was seen empty within the window
     inspected: dict[str, Any] = field(default_factory=dict)
+    crashes: list[str] = field(default_factory=list)  # the daemon log's "worker crashed"
 
     def figures(self) -> dict[str, Any]:
-        return drain_figures(self.drain) | {"emptied": self.emptied, **self.inspected}
+        figures = drain_figures(self.drain) | {"emptied": self.emptied, **self.inspected}
+        return figures | ({"worker_crashes": self.crashes} if self.crashes else {})
+
+
+def crashes(log: str) -> list[str]:
+    """One line per worker crash in a daemon's log: the last exception line before it."""
+    found, last = [], ""
+    for line in log.splitlines():
+        if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", line):
+            last = line.strip()
+        elif '"worker crashed' in line:
+            found.append(last or line.strip()[:200])
+            last = ""
+    return found
+
+
+def crash_note(runs: list[Run]) -> str:
+    """`` [N worker crash(es): ...]`` for a row's label when a worker died mid-drain."""
+    seen = [c for run in runs for c in run.crashes]
+    if not seen:
+        return ""
+    return f" [{len(seen)} worker crash(es): {seen[0][:60]}]"
 
 
 def wait_first(bench: Bench, url: str, timeout: float = 60.0) -> None:
@@ -125,17 +149,23 @@ def drain_engine(
             end = watch.samples[url][-1][0]
             emptied = False
         ended = time.monotonic()
-        cpu = worker_cpu(bench)
+        try:
+            cpu: float | None = worker_cpu(bench)
+        except psutil.NoSuchProcess:  # a worker died during the drain (see ``crashes``)
+            cpu = None
         processed = sum(count_of(w, "processed") for w in daemon.workers())
         if inspect:
             inspected = inspect(daemon)
     finally:
         daemon.stop()
+    found = crashes(daemon.log_path.read_text(errors="replace"))
+    if found:
+        print(f"warning: {name}: worker crashed during the drain: {found}", file=sys.stderr)
     firsts = [e["at"] for e in first_events(bench)]
-    start = max(firsts)
+    start = max(firsts)  # after a crash: the replacement's first message
     handled = watch.remaining_at(start) - watch.samples[url][-1][1]
     drain = Drain(handled, end - start, len(firsts), processed=processed, cpu=cpu, ended=ended)
-    return Run(drain, emptied, inspected)
+    return Run(drain, emptied, inspected, found)
 
 
 def worker_memory(daemon: Daemon) -> dict[str, Any]:
@@ -264,7 +294,7 @@ def thread_rows(bench: Bench, size: dict[str, Any]) -> list[Row]:
     return [
         Row(
             scenario_label(),
-            "(2) 1 process, concurrency 32, sleep 5 ms: msg/s",
+            "(2) 1 process, concurrency 32, sleep 5 ms: msg/s" + crash_note(ours),
             statistics.median(run.drain.rate for run in ours),
             statistics.median(d.rate for d in raw),
             "msg/s",
@@ -304,6 +334,7 @@ def async_rows(bench: Bench, size: dict[str, Any]) -> list[Row]:
     except NeverRan as exc:
         return [Row(scenario_label(), f"{label}: not run ({exc})", None, None, "", "≥ 2,000")]
     details = {"messages_filled": n, "window_s": window, "ideal": 256 / 0.05, "sqsd": run.figures()}
+    label += crash_note([run])
     return [Row(scenario_label(), label, run.drain.rate, None, "msg/s", "≥ 2,000", details)]
 
 
@@ -356,7 +387,8 @@ def fifo_rows(bench: Bench, size: dict[str, Any]) -> list[Row]:
     return [
         Row(
             scenario_label(),
-            f"(4) FIFO, {GROUPS} groups, 50 ms: msg/s, concurrency 10 vs 1",
+            f"(4) FIFO, {GROUPS} groups, 50 ms: msg/s, concurrency 10 vs 1"
+            + crash_note(runs[10] + runs[1]),
             statistics.median(run.drain.rate for run in runs[10]),
             statistics.median(run.drain.rate for run in runs[1]),
             "msg/s",
