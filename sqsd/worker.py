@@ -470,7 +470,9 @@ class Worker:
         not): its handler started ``max_retries + 1`` times on this host and never finished
         (say it crashed the worker each time), or SQS delivered it more than ``max_receives``
         times (the safety net for starts this host never saw)."""
-        starts = self.attempts.starts(message.id)
+        # A first delivery has had no handler start anywhere: no table lookup (a file lock)
+        # on the common path.
+        starts = 0 if message.receive_count == 1 else self.attempts.starts(message.id)
         if starts > self.queue.max_retries:
             return f"handler started {starts} times (max_retries)"
         if message.receive_count > self.queue.receive_limit:
