@@ -151,8 +151,9 @@ class Engine:
         """How many messages the next receive may ask for (0: none now)."""
         mean = self.running.mean
         holdable = int(self.size * self.queue.hold_seconds / mean) if mean > 0 else 0
-        held = sum(len(job.messages) for job in self.held)
-        free = self.size - self.jobs
+        with self.lock:  # handler threads take jobs meanwhile
+            held = sum(len(job.messages) for job in self.held)
+            free = self.size - self.jobs
         want = min(self.queue.batch_size, free + holdable - held)
         # A worker that recycles (or stops) after N more messages takes no more than that.
         for limit in (self.worker.recycle_after, self.worker.message_limit):
