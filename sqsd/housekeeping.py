@@ -159,10 +159,15 @@ class Heartbeat(threading.Thread):
                         del self.in_hand[handle]
                         if held.deleting:  # the delete won the race: nothing lost
                             continue
-                        self.slot.add(scoreboard.DROPPED)
+                        gone = failure_kind(failure) == "gone"
+                        if gone:
+                            self.slot.add(scoreboard.DROPPED)
                         self.log.warning(
                             "visibility heartbeat refused: the message is no longer ours, "
-                            "it may be handled again",
+                            "it may be handled again"
+                            if gone  # else, say, past SQS's 12 hours in flight
+                            else "visibility heartbeat refused: the message will reappear "
+                            "when its visibility ends, it may be handled again",
                             message_id=held.message_id,
                             code=failure.get("Code"),
                             error=failure.get("Message"),
@@ -376,6 +381,10 @@ class Housekeeper:
         The heartbeat keeps the message hidden until the delete is done."""
         self.heartbeat.deleting(message)
         self.deleter.add(message)
+
+    def deleting(self, message: Message) -> None:
+        """``message`` is being deleted by the caller: keep it hidden until it releases it."""
+        self.heartbeat.deleting(message)
 
     def flush(self, *, wait: bool = False) -> None:
         """Ask for pending deletes to go out now (end of a batch); with ``wait``, return

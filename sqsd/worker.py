@@ -486,7 +486,13 @@ class Worker:
             return True
         error: BaseException | None = None
         try:
-            self._call_handler(message)
+            try:  # in this frame: a failure's traceback shows one line of sqsd, not two
+                broken = self.broken.pop(message.id, None)
+                if broken is not None:
+                    raise broken
+                self._run(self.spec.handler(message))
+            finally:
+                self._exit_if_forked()
         except QuickStop:
             self._end(message, begun)
             raise
@@ -563,15 +569,6 @@ class Worker:
             self.engine.running.end(token, seconds)
         if after_hook:
             self._after_message(message)
-
-    def _call_handler(self, message: Message) -> None:
-        broken = self.broken.pop(message.id, None)
-        if broken is not None:
-            raise broken
-        try:
-            self._run(self.spec.handler(message))
-        finally:
-            self._exit_if_forked()
 
     def _run(self, result: Any) -> Any:
         """An ``async def`` handler (or hook) returned an awaitable: run it to the end on
@@ -746,18 +743,23 @@ class Worker:
 
     def _delete_now(self, message: Message) -> bool:
         assert self.housekeeper is not None
-        self.housekeeper.release(message)
+        # Still kept hidden while the call is in flight: a slow delete must not let the
+        # message reappear (and run elsewhere) before it is gone.
+        self.housekeeper.deleting(message)
         try:
             self.client.delete_message(QueueUrl=self.url, ReceiptHandle=message.receipt_handle)
         except Exception as exc:
             self.log.warning("delete failed", message_id=message.id, error=str(exc))
             return False
         finally:
+            self.housekeeper.release(message)
             self.slot.add(scoreboard.DELETES)
         self.attempts.forget(message.id)
         return True
 
     def _change_visibility(self, message: Message, seconds: int) -> None:
+        assert self.housekeeper is not None
+        self.housekeeper.release(message)  # or the heartbeat could undo the new timeout
         seconds = max(0, min(seconds, MAX_VISIBILITY))
         try:
             self.client.change_message_visibility(

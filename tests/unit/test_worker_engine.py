@@ -483,3 +483,25 @@ def test_async_tasks_run_with_their_arguments():
         worker._process_batch([raw(encode_call([1, 2], {}))])
     assert got == [(1, 2)]
     assert len(eng.sqs.deleted) == 1
+
+
+def test_a_message_deleted_at_once_stays_hidden_while_the_delete_is_in_flight():
+    eng = engine(max_retries=0, dead_letter=False)
+    eng.table.start("id-worn")  # started once already: given up on this receive
+    worker = eng.worker()
+    seen: list[bool] = []
+    plain_delete = eng.sqs.delete_message
+
+    def delete_message(**params: Any) -> dict[str, Any]:
+        assert worker.housekeeper is not None
+        held = worker.housekeeper.heartbeat.in_hand.get(params["ReceiptHandle"])
+        seen.append(held is not None and held.deleting)
+        return plain_delete(**params)
+
+    eng.sqs.delete_message = delete_message  # type: ignore[method-assign]
+    with housekeeping(worker):
+        worker._process_batch([raw("worn", receives=2)])
+        assert worker.housekeeper is not None
+        assert not worker.housekeeper.heartbeat.in_hand
+    assert seen == [True]
+    assert eng.handled == [] and eng.deleted() == {"worn"}
