@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `sqsd` import
 import boto3  # noqa: E402
 import psutil  # noqa: E402
 
-from bench import autoscale, emulator  # noqa: E402
+from bench import autoscale, emulator, engine  # noqa: E402
 from bench.events import EventSink  # noqa: E402
 from bench.metrics import METHOD as METRICS_METHOD  # noqa: E402
 from bench.metrics import metrics  # noqa: E402
@@ -42,6 +42,8 @@ SCENARIOS["autoscale"] = autoscale.autoscale  # bench/autoscale.py
 METHODS["autoscale"] = autoscale.METHOD
 SCENARIOS["metrics"] = metrics  # bench/metrics.py: what observing costs
 METHODS["metrics"] = METRICS_METHOD
+SCENARIOS["engine"] = engine.engine  # bench/engine.py: issue 12's targets
+METHODS["engine"] = engine.METHOD
 NAMES = list(SCENARIOS)
 
 

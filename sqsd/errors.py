@@ -32,3 +32,13 @@ class ConfigError(Exception):
 
 class SendError(Exception):
     """A message could not be sent to SQS; nothing was silently dropped."""
+
+
+class QuickStop(SystemExit):
+    """Raised from a worker's SIGQUIT handler: abandon the handler at once. The one
+    SystemExit a handler's frame lets through; any other (``sys.exit()`` in user code) is a
+    failure."""
+
+
+class MissingQueue(Exception):  # noqa: N818
+    """The worker's queue does not exist: a configuration problem, not a crash."""

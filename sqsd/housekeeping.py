@@ -239,7 +239,9 @@ class Deleter(threading.Thread):
             if not self.pending:
                 self.oldest_pending = time.monotonic()
             self.pending.append((message.id, message.receipt_handle, 0))
-            if len(self.pending) >= MAX_BATCH:
+            # The first one starts the flush clock (DELETE_FLUSH_AGE): handler threads
+            # finish messages while no batch end comes to flush them.
+            if len(self.pending) >= MAX_BATCH or len(self.pending) == 1:
                 self.cond.notify_all()
 
     def flush(self, *, wait: bool = False) -> None:

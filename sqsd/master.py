@@ -124,8 +124,6 @@ class Master:
         self.programs = {key: Program(spec) for key, spec in wanted.items()}
         if not self.programs:
             self.log.warning("no queues to run: configure [queues.NAME] or register receivers")
-        if single := [n for n, q in sorted(self.queues.items()) if q.concurrency > 1]:
-            self.log.warning("concurrency not implemented: one message at a time", queues=single)
         gc.freeze()  # preloaded objects stay shared copy-on-write: the collector won't touch them
         self.log.info(
             "master started",

@@ -62,16 +62,23 @@ class WorkerSignals:
 def worker_signals(index: int, view: SlotView, batch_size: int) -> WorkerSignals:
     """The one place that reads autoscaling's signals out of a worker's slot.
 
-    Today's worker handles one message at a time: one slot, busy while its handler runs. A
-    worker polling right after a full receive is fetching the next batch of a backlog, so it
-    counts as busy too. With ``batch_size = 1`` every receive is "full": only the age counts.
+    A worker has ``concurrency`` slots, busy while their handlers run; it counts as busy
+    when all of them are. A worker polling right after a full receive with nothing running
+    is fetching the next batch of a backlog, so its slots count as busy too. With
+    ``batch_size = 1`` every receive is "full": only the age counts.
     """
+    slots = max(1, view.slots)
     full = batch_size > 1 and view.last_batch >= batch_size
-    fetching = full and view.state is WorkerState.POLLING
-    busy = 1 if view.state is WorkerState.BUSY or fetching else 0
-    resting = view.state in (WorkerState.POLLING, WorkerState.IDLE)
+    fetching = full and view.state is WorkerState.POLLING and not view.busy
+    if fetching:
+        busy = slots
+    elif slots == 1:  # the single-threaded loop: its state says it
+        busy = 1 if view.state is WorkerState.BUSY or view.busy else 0
+    else:
+        busy = min(slots, view.busy)
+    resting = view.state in (WorkerState.POLLING, WorkerState.IDLE) and not view.busy
     idle_since = view.idle_since if resting and not view.last_batch else None
-    return WorkerSignals(index, busy, 1, full, view.oldest_age, idle_since)
+    return WorkerSignals(index, busy, slots, full, view.oldest_age, idle_since)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import math
 import mmap
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -35,9 +36,11 @@ COUNTERS = (
 )
 MESSAGE_ID_SIZE = 80
 
-# state, heartbeat, state_since, message_started, idle_until, counters, message id, and
-# what the last receive returned: messages, oldest age, idle since (autoscaling's signals)
-_LAYOUT = struct.Struct(f"<B7xdddd{len(COUNTERS)}Q{MESSAGE_ID_SIZE}sQdd")
+# state, heartbeat, state_since, message_started, idle_until, counters, message id, what
+# the last receive returned: messages, oldest age, idle since (autoscaling's signals), and
+# the handler slots: busy, total, asyncio (1: async def handlers on an event loop).
+# message_started and the message id are the oldest running message's.
+_LAYOUT = struct.Struct(f"<B7xdddd{len(COUNTERS)}Q{MESSAGE_ID_SIZE}sQddIIB")
 _HEAD = struct.Struct("<B7xdd")  # state, heartbeat, state_since
 _FLOAT = struct.Struct("<d")
 _COUNTER = struct.Struct("<Q")
@@ -50,6 +53,9 @@ _IDLE_UNTIL_AT = 32
 _COUNTERS_AT = 40
 _MESSAGE_ID_AT = _COUNTERS_AT + 8 * len(COUNTERS)
 _RECEIVED_AT = _MESSAGE_ID_AT + MESSAGE_ID_SIZE
+_SLOTS_AT = _RECEIVED_AT + _RECEIVED.size
+_U32 = struct.Struct("<I")
+_SLOTS = struct.Struct("<IIB")  # busy, total, asyncio
 SLOT_SIZE = 1024
 assert _LAYOUT.size <= 256
 
@@ -139,12 +145,14 @@ class Scoreboard:
 class Slot:
     """One worker's slot: written by the worker, read by the master."""
 
-    __slots__ = ("memory", "index", "offset")
+    __slots__ = ("memory", "index", "offset", "lock")
 
     def __init__(self, memory: mmap.mmap, index: int):
         self.memory = memory
         self.index = index
         self.offset = index * SLOT_SIZE
+        # The worker's handler threads and helper threads add to the same counters.
+        self.lock = threading.Lock()
 
     def reset(self) -> None:
         now = time.monotonic()
@@ -152,7 +160,7 @@ class Slot:
         counters = [0] * len(COUNTERS)
         # A new worker counts as idle from its start until its first receive brings work.
         _LAYOUT.pack_into(
-            self.memory, self.offset, 0, now, now, 0.0, 0.0, *counters, b"", 0, 0.0, now
+            self.memory, self.offset, 0, now, now, 0.0, 0.0, *counters, b"", 0, 0.0, now, 0, 1, 0
         )
 
     def set_state(self, state: WorkerState, *, idle_until: float = 0.0) -> None:
@@ -164,13 +172,32 @@ class Slot:
         _FLOAT.pack_into(self.memory, self.offset + _HEARTBEAT_AT, time.monotonic())
 
     def start_message(self, message_id: str) -> None:
+        """The one handler of a ``concurrency = 1`` worker starts on ``message_id``."""
         now = time.monotonic()
         _HEAD.pack_into(self.memory, self.offset, WorkerState.BUSY, now, now)
         _FLOAT.pack_into(self.memory, self.offset + _MESSAGE_STARTED_AT, now)
         _MESSAGE_ID.pack_into(self.memory, self.offset + _MESSAGE_ID_AT, message_id.encode())
+        _U32.pack_into(self.memory, self.offset + _SLOTS_AT, 1)
 
     def end_message(self) -> None:
         _FLOAT.pack_into(self.memory, self.offset + _MESSAGE_STARTED_AT, 0.0)
+        _U32.pack_into(self.memory, self.offset + _SLOTS_AT, 0)
+
+    def set_slots(self, total: int, *, asyncio: bool = False) -> None:
+        """The worker runs up to ``total`` handlers at once (``asyncio``: as tasks)."""
+        _SLOTS.pack_into(self.memory, self.offset + _SLOTS_AT, 0, total, int(asyncio))
+
+    def set_running(self, busy: int, started: float, message_id: str) -> None:
+        """``busy`` handlers run now, the oldest since ``started`` on ``message_id``
+        (callers hold the lock that orders their updates)."""
+        now = time.monotonic()
+        if busy:
+            _HEAD.pack_into(self.memory, self.offset, WorkerState.BUSY, now, now)
+            _MESSAGE_ID.pack_into(self.memory, self.offset + _MESSAGE_ID_AT, message_id.encode())
+        else:  # the worker's main thread is receiving, or about to say what it does
+            _HEAD.pack_into(self.memory, self.offset, WorkerState.POLLING, now, now)
+        _FLOAT.pack_into(self.memory, self.offset + _MESSAGE_STARTED_AT, started)
+        _U32.pack_into(self.memory, self.offset + _SLOTS_AT, busy)
 
     def received(self, count: int, oldest_age: float) -> None:
         """A receive returned ``count`` messages, the oldest of them ``oldest_age`` seconds
@@ -188,17 +215,20 @@ class Slot:
     def add(self, counter: int, amount: int = 1) -> None:
         """Add to counter number ``counter`` (an index into COUNTERS)."""
         at = self.offset + _COUNTERS_AT + 8 * counter
-        (value,) = _COUNTER.unpack_from(self.memory, at)
-        _COUNTER.pack_into(self.memory, at, value + amount)
+        with self.lock:
+            (value,) = _COUNTER.unpack_from(self.memory, at)
+            _COUNTER.pack_into(self.memory, at, value + amount)
 
     def observe_handler(self, seconds: float) -> None:
         """A handler ran ``seconds`` (whatever its outcome)."""
-        _observe(self.memory, self.offset + _HANDLER_AT, HANDLER_BUCKETS, seconds)
+        with self.lock:
+            _observe(self.memory, self.offset + _HANDLER_AT, HANDLER_BUCKETS, seconds)
 
     def observe_age(self, seconds: float | None) -> None:
         """A handler started ``seconds`` after SQS took its message in (None: unknown)."""
         if seconds is not None:
-            _observe(self.memory, self.offset + _AGE_AT, AGE_BUCKETS, max(0.0, seconds))
+            with self.lock:
+                _observe(self.memory, self.offset + _AGE_AT, AGE_BUCKETS, max(0.0, seconds))
 
     def count_payload(self, messages: Iterable[Mapping[str, object]]) -> None:
         """A request carried ``messages`` (received, or sent: ``Body`` or ``MessageBody``
@@ -224,7 +254,9 @@ class Slot:
             self.memory, self.offset
         )
         counters = dict(zip(COUNTERS, rest[: len(COUNTERS)], strict=True))
-        message_id, last_batch, oldest_age, idle_since = rest[len(COUNTERS) :]
+        message_id, last_batch, oldest_age, idle_since, busy, total, is_async = rest[
+            len(COUNTERS) :
+        ]
         return SlotView(
             WorkerState.from_byte(state),
             heartbeat,
@@ -236,6 +268,9 @@ class Slot:
             last_batch,
             oldest_age,
             idle_since,
+            busy,
+            max(1, total),
+            bool(is_async),
         )
 
 

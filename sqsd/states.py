@@ -30,6 +30,9 @@ FATAL_AFTER = 8  # consecutive crashes before a program is given up until reload
 KILL_AFTER_ABORT = 5.0  # seconds between SIGABRT (stack dump) and SIGKILL of a hung worker
 SILENCE_MARGIN = 30.0
 IDLE_BEAT = 1.0  # a sleeping worker beats at least this often
+# An async def handler past hard_timeout is cancelled by its worker; only a worker whose
+# event loop does not get to it this much later (a blocking call) is aborted.
+CANCEL_GRACE = 5.0
 
 
 class ProgramState(enum.Enum):
@@ -96,6 +99,9 @@ class SlotView:
     last_batch: int = 0  # messages the last receive returned
     oldest_age: float = 0.0  # seconds its oldest had waited (0: unknown, or after idling)
     idle_since: float = 0.0  # while last_batch is 0: since when receives come back empty
+    busy: int = 0  # handler slots running a message
+    slots: int = 1  # handler slots in all (the queue's concurrency)
+    asyncio: bool = False  # the handlers are async def tasks on one event loop
 
 
 class Slot(Protocol):
@@ -261,11 +267,15 @@ def describe_exit(code: int) -> str:
 
 def hang_reason(queue: QueueSettings, view: SlotView, now: float) -> str:
     """Why a worker counts as hung, or "" when it is fine."""
-    if view.state is WorkerState.BUSY and view.message_started:
+    if view.message_started:  # the oldest of the messages running now
         running = now - view.message_started
-        if queue.hard_timeout and running > queue.hard_timeout:
-            return f"message {view.message_id} ran {running:.0f}s, past hard_timeout"
-        return ""
+        if not queue.hard_timeout or running <= queue.hard_timeout:
+            return ""
+        if view.asyncio and running <= queue.hard_timeout + CANCEL_GRACE:
+            return ""  # the worker cancels that task itself
+        if view.busy > 1 and running <= queue.hard_timeout + queue.graceful_timeout:
+            return ""  # the worker takes nothing new and lets the other handlers finish
+        return f"message {view.message_id} ran {running:.0f}s, past hard_timeout"
     silent = now - view.heartbeat
     # A receive may take botocore's three attempts, each up to its read timeout.
     limit = 3 * (queue.wait_time_seconds + READ_TIMEOUT_MARGIN) + SILENCE_MARGIN

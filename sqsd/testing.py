@@ -1,4 +1,4 @@
-"""In-memory queues for tests: no AWS, no network, no threads.
+"""In-memory queues for tests: no AWS, no network.
 
 Under ``sqsd.testing.queues()`` (or the pytest fixture ``sqsd_queues``) every send made
 through ``sqsd.send``, a receiver proxy or a task's ``.delay()``/``.send()`` is recorded in
@@ -16,7 +16,10 @@ worker's rules: a return removes the message; ``RestartLater`` leaves it (its re
 grows with each run); another exception applies the queue's error policy (delete, retry
 or dead-letter); a message received more than ``max_retries + 1`` times goes to the
 dead-letter queue (or the ``failed`` list) without calling the handler; ``delete_on_start``
-removes it before the call; a FIFO queue keeps each message group in order. Queue settings
+removes it before the call; a FIFO queue keeps each message group in order. With
+``concurrency > 1`` the waiting messages of a queue run that many at once (plain handlers
+on threads, ``async def`` handlers as tasks on one event loop), one message of a FIFO
+group at a time, as the daemon runs them. Queue settings
 come from the registration's options and the configuration, merged as the daemon merges
 them. Delays are recorded, never waited for.
 
@@ -26,14 +29,12 @@ one whose SQS client is a dict of lists, and restored on exit.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import hashlib
-import inspect
 import itertools
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,6 +50,8 @@ from sqsd.plan import resolve_handler, resolve_reference
 from sqsd.producer import Producer
 from sqsd.registry import REGISTRY
 from sqsd.sqs import encode_attributes
+from sqsd.testing_concurrency import deliver_many
+from sqsd.testing_concurrency import run_awaitable as _run
 from sqsd.worker import DLQ_ERROR_ATTRIBUTE
 
 __all__ = ["FailedMessage", "MemoryQueue", "Queues", "RunCounts", "queues"]
@@ -241,6 +244,7 @@ class Queues:
         self._queues: dict[tuple[str, str], MemoryQueue] = {}
         self._seq = itertools.count(1)
         self._running: list[tuple[str, str]] = []  # queues whose handler is on the stack
+        self._lock = threading.RLock()  # handlers run on threads with concurrency > 1
 
     def __getitem__(self, key: str | tuple[str, str]) -> MemoryQueue:
         name, suffix = (key, "") if isinstance(key, str) else key
@@ -283,9 +287,27 @@ class Queues:
                     f"to {pending[0].name!r} (pass limit=)"
                 )
             queue, stored, route = pending
+            if route.settings.concurrency > 1:
+                wave = self._wave(queue, received, limit)
+                received.update(s.seq for s in wave)
+                self._deliver_many(queue, wave, route, counts)
+                continue
             received.add(stored.seq)
             self._deliver(queue, stored, route, counts)
         return counts
+
+    def _wave(self, queue: MemoryQueue, received: set[int], limit: int | None) -> list[_Stored]:
+        """The messages of ``queue`` that may run at once now, in send order: those not
+        received in this run, the first waiting one of each FIFO group."""
+        wave = [s for s in queue._waiting if s.seq not in received and not queue._blocked(s)]
+        if limit is not None:
+            wave = wave[: max(1, limit - len(received))]
+        return wave
+
+    def _deliver_many(
+        self, queue: MemoryQueue, wave: list[_Stored], route: _Route, counts: RunCounts
+    ) -> None:
+        deliver_many(self, queue, wave, route, counts)
 
     def message_class(self, name: str, suffix: str = "") -> type[Message]:
         """The message class the daemon would build for ``name``."""
@@ -303,6 +325,10 @@ class Queues:
     def _record(self, name: str, suffix: str, params: dict[str, Any]) -> _Stored:
         """Store a SendMessage call (``params`` as boto3 gets them); FIFO duplicates of a
         deduplication id (or, content-based, of a body) return the first message."""
+        with self._lock:
+            return self._record_locked(name, suffix, params)
+
+    def _record_locked(self, name: str, suffix: str, params: dict[str, Any]) -> _Stored:
         queue = self[name, suffix]
         body = params["MessageBody"]
         dedup_id = None
@@ -379,37 +405,73 @@ class Queues:
         self, queue: MemoryQueue, stored: _Stored, route: _Route, counts: RunCounts
     ) -> None:
         """Receive ``stored`` once and apply the worker's outcome rules."""
-        settings = route.settings
-        stored.receive_count += 1
-        message = route.message_class(stored.raw(), queue.name, queue.suffix)
-        if stored.receive_count > settings.max_retries + 1:
-            reason = f"received {stored.receive_count} times (max_retries)"
-            self._dead_letter(queue, stored, message, settings, reason)
-            counts.dead_lettered += 1
+        message = self._receive(queue, stored, route, counts)
+        if message is None:
             return
-        if settings.delete_on_start:
-            queue._remove(stored)
-        self._running.append((queue.name, queue.suffix))
         try:
             _run(route.handler(message))
-        except RestartLater as exc:
-            counts.retried += 1
-            log.info("restart later: %s (%s)", message.id, exc or "no reason given")
         except Exception as exc:
-            counts.failed += 1
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("handler of %s failed on %s", queue.url_name, message.id, exc_info=exc)
-            self.failed.append(FailedMessage(message, error, exc))
-            if settings.error_policy == "dead-letter":
-                self._dead_letter(queue, stored, message, settings, error)
-                counts.dead_lettered += 1
-            elif settings.error_policy == "delete":
-                queue._remove(stored)
+            self._settle(queue, stored, route, counts, message, exc)
+        except BaseException:
+            with self._lock:
+                self._running.remove((queue.name, queue.suffix))
+            raise
         else:
-            counts.processed += 1
-            queue._remove(stored)
+            self._settle(queue, stored, route, counts, message, None)
+
+    def _receive(
+        self, queue: MemoryQueue, stored: _Stored, route: _Route, counts: RunCounts
+    ) -> Message | None:
+        """Receive ``stored``: the message for its handler, or None when it went to the
+        dead-letter queue instead."""
+        settings = route.settings
+        with self._lock:
+            stored.receive_count += 1
+            message = route.message_class(stored.raw(), queue.name, queue.suffix)
+            if stored.receive_count > settings.max_retries + 1:
+                reason = f"received {stored.receive_count} times (max_retries)"
+                self._dead_letter(queue, stored, message, settings, reason)
+                counts.dead_lettered += 1
+                return None
+            if settings.delete_on_start:
+                queue._remove(stored)
+            self._running.append((queue.name, queue.suffix))
+        return message
+
+    def _settle(
+        self,
+        queue: MemoryQueue,
+        stored: _Stored,
+        route: _Route,
+        counts: RunCounts,
+        message: Message,
+        exc: Exception | None,
+    ) -> None:
+        """Apply the outcome of the handler's call (``exc`` None: it returned)."""
+        settings = route.settings
+        try:
+            with self._lock:
+                if isinstance(exc, RestartLater):
+                    counts.retried += 1
+                    log.info("restart later: %s (%s)", message.id, exc or "no reason given")
+                elif exc is not None:
+                    counts.failed += 1
+                    error = f"{type(exc).__name__}: {exc}"
+                    log.error(
+                        "handler of %s failed on %s", queue.url_name, message.id, exc_info=exc
+                    )
+                    self.failed.append(FailedMessage(message, error, exc))
+                    if settings.error_policy == "dead-letter":
+                        self._dead_letter(queue, stored, message, settings, error)
+                        counts.dead_lettered += 1
+                    elif settings.error_policy == "delete":
+                        queue._remove(stored)
+                else:
+                    counts.processed += 1
+                    queue._remove(stored)
         finally:
-            self._running.pop()
+            with self._lock:
+                self._running.remove((queue.name, queue.suffix))
             self._after_message(route, message)
 
     def _dead_letter(
@@ -458,23 +520,6 @@ class Queues:
             _run(route.after_message(message))
         except Exception:
             log.exception("after_message hook failed on %s", message.id)
-
-
-def _run(result: Any) -> Any:
-    """Await what an ``async def`` handler returned, as the worker does; from inside a
-    running event loop (an async test), on a loop of its own in a helper thread."""
-    if not inspect.isawaitable(result):
-        return result
-
-    async def awaited() -> Any:
-        return await result
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(awaited())
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqsd-testing") as pool:
-        return pool.submit(asyncio.run, awaited()).result()
 
 
 class _MemoryProducer(Producer):

@@ -14,18 +14,28 @@ import os
 import random
 import select
 import signal
+import threading
 import time
 from typing import Any
 
 import setproctitle
 
-from sqsd import logs, scoreboard
+from sqsd import engine, logs, scoreboard
 from sqsd.attempts import AttemptTable
 from sqsd.config import Settings
-from sqsd.errors import EXIT_CONFIG, EXIT_DONE, EXIT_OK, EXIT_RECYCLE, RestartLater
+from sqsd.errors import (
+    EXIT_CONFIG,
+    EXIT_DONE,
+    EXIT_OK,
+    EXIT_RECYCLE,
+    MissingQueue,
+    QuickStop,
+    RestartLater,
+)
 from sqsd.housekeeping import Housekeeper, failure_kind
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message, read_not_before
 from sqsd.plan import WorkerSpec  # re-exported: its home was here
+from sqsd.prefetch import Prefetch
 from sqsd.sqs import (
     MAX_ATTRIBUTES,
     MAX_VISIBILITY,
@@ -56,11 +66,6 @@ def _count_fork() -> None:
 # subprocess starts its children without these hooks: only os.fork() (and multiprocessing's
 # fork, which calls it) counts, so only then does the worker reap children it never made.
 os.register_at_fork(after_in_parent=_count_fork)
-
-
-class QuickStop(SystemExit):
-    """Raised from the SIGQUIT handler: abandon the handler at once. The one SystemExit a
-    handler's frame lets through; any other (``sys.exit()`` in user code) is a failure."""
 
 
 class StopReceiving(BaseException):  # noqa: N818 - a control-flow signal, not an error
@@ -101,6 +106,9 @@ class Worker:
         self.idle_sleep = 0.0
         self.error_sleep = 0.0
         self.handled = 0
+        self.handled_lock = threading.Lock()  # handler threads count too (concurrency > 1)
+        self.engine: Any = None  # sqsd.engine's, for concurrency > 1 or async def handlers
+        self.prefetch: Prefetch | None = None  # the single-threaded loop's next receive
         self.runner: asyncio.Runner | None = None  # async def handlers' event loop
         self.pid = os.getpid()  # a handler's fork returns in a child too: that is not us
         self.forks_seen = _forks  # forks made by handlers since: children to reap
@@ -144,11 +152,19 @@ class Worker:
         )
         self.housekeeper.start()
         self.log.info("worker started", pid=os.getpid(), url=self.url)
+        self.engine = engine.make_engine(self)
+        self.slot.set_slots(self.queue.concurrency, asyncio=isinstance(self.engine, engine.Tasks))
+        if self.engine is None:
+            self.prefetch = Prefetch(self)
         code = EXIT_OK
         try:
-            code = self._loop()
+            code = self._loop() if self.engine is None else self.engine.run()
         finally:
             self._set_state(WorkerState.STOPPING)
+            if self.engine is not None:
+                self.engine.close()
+            if self.prefetch is not None:
+                self.prefetch.close()
             self.housekeeper.stop()
             if self.runner is not None:
                 self.runner.close()
@@ -156,37 +172,64 @@ class Worker:
         return code
 
     def _loop(self) -> int:
-        while not self.stop_requested:
-            self._reap_forks()
-            if os.getppid() != self.master_pid:
-                self.log.warning("master is gone; stopping")
-                return EXIT_OK
-            if self.message_limit and self.handled >= self.message_limit:
-                self.log.info("message limit reached", handled=self.handled)
-                return EXIT_DONE
-            recycle = self._recycle_reason()
-            if recycle:
-                self.log.info("recycling worker", reason=recycle)
-                return EXIT_RECYCLE
-            try:
-                messages = self._receive()
-            except MissingQueue:
-                return EXIT_CONFIG
-            if messages:
-                self.idle_sleep = 0.0
-                self._process_batch(messages)
+        pending = None  # the next receive, already in flight (sqsd.prefetch)
+        try:
+            while not self.stop_requested:
                 self._reap_forks()
-            elif not self.stop_requested and self.error_sleep == 0.0:
-                self._sleep_idle()
-        return EXIT_OK
+                if self.master_gone():
+                    self.log.warning("master is gone; stopping")
+                    return EXIT_OK
+                code = self._limit_reached()
+                if code is not None:
+                    return code
+                if pending is not None:
+                    messages, pending = pending.result(), None
+                    if not messages:
+                        continue  # the backlog is gone: a plain receive next
+                else:
+                    try:
+                        messages = self._hold(self._receive())
+                    except MissingQueue:
+                        return EXIT_CONFIG
+                if messages:
+                    self.idle_sleep = 0.0
+                    if self.prefetch is not None:
+                        pending = self.prefetch.start(len(messages))
+                    self._run_batch(messages)
+                    self._reap_forks()
+                elif not self.stop_requested and self.error_sleep == 0.0:
+                    self._sleep_idle()
+            return EXIT_OK
+        finally:
+            if pending is not None and self.prefetch is not None:
+                self.prefetch.give_back(pending)
+
+    def master_gone(self) -> bool:
+        return os.getppid() != self.master_pid
+
+    def _limit_reached(self) -> int | None:
+        """The exit code when ``--message-limit`` or recycling ends this worker now."""
+        if self.message_limit and self.handled >= self.message_limit:
+            self.log.info("message limit reached", handled=self.handled)
+            return EXIT_DONE
+        recycle = self._recycle_reason()
+        if recycle:
+            self.log.info("recycling worker", reason=recycle)
+            return EXIT_RECYCLE
+        return None
 
     def _set_state(self, state: WorkerState, *, idle_until: float = 0.0) -> None:
         """Publish the state to the master's scoreboard and to the process title."""
         self.slot.set_state(state, idle_until=idle_until)
         self._set_title(state)
 
-    def _set_title(self, state: WorkerState) -> None:
-        title = f"sqsd: worker {self.spec.label} {state.label} {self.handled} done"
+    def _set_title(self, state: WorkerState, busy: int | None = None) -> None:
+        if busy is None and self.engine is not None:
+            busy = self.engine.running.count()
+        elif busy is None:
+            busy = 1 if state is WorkerState.BUSY else 0
+        slots = f"busy {busy}/{self.queue.concurrency}"
+        title = f"sqsd: worker {self.spec.label} {state.label} {slots} {self.handled} done"
         if title != self.title:
             self.title = title
             setproctitle.setproctitle(title)
@@ -239,13 +282,38 @@ class Worker:
 
     # -- receiving and idling -----------------------------------------------------------
 
-    def _receive(self) -> list[dict[str, Any]]:
-        self._set_state(WorkerState.POLLING)
+    def _receive(
+        self, count: int = 0, wait: int | None = None, *, background: bool = False
+    ) -> list[dict[str, Any]]:
+        """One ReceiveMessage: ``count`` messages at most (0: batch_size), waiting ``wait``
+        seconds (None: wait_time_seconds). ``background``: a prefetch while a batch runs,
+        which leaves the worker's state alone and, on an error, returns nothing (the next
+        plain receive backs off)."""
+        params = self.receive_params
+        if count or wait is not None:
+            params = dict(params)
+            if count:
+                params["MaxNumberOfMessages"] = count
+            if wait is not None:
+                params["WaitTimeSeconds"] = wait
+        if background:
+            try:
+                response = self.client.receive_message(**params)
+            except Exception as exc:
+                self.log.debug("prefetch receive failed", error=str(exc))
+                return []
+            return self._received(response)
+        if self.engine is None or not self.engine.busy:
+            self._set_state(WorkerState.POLLING)
+        else:
+            self.slot.beat()
         try:
-            self.interruptible = True
+            # Only the main thread's receive is abandoned by SIGTERM (an engine may
+            # receive on a helper thread: the signal must not land in its event loop).
+            self.interruptible = _on_main_thread()
             if self.stop_requested:
                 return []
-            response = self.client.receive_message(**self.receive_params)
+            response = self.client.receive_message(**params)
         except StopReceiving:
             return []
         except Exception as exc:
@@ -257,6 +325,9 @@ class Worker:
         finally:
             self.interruptible = False
         self.error_sleep = 0.0
+        return self._received(response)
+
+    def _received(self, response: dict[str, Any]) -> list[dict[str, Any]]:
         self.slot.add(scoreboard.RECEIVES)
         messages = response.get("Messages", [])
         self.slot.received(len(messages), oldest_age(messages))  # autoscaling's signals
@@ -294,7 +365,7 @@ class Worker:
             if remaining <= 0:
                 return False
             try:
-                self.interruptible = True
+                self.interruptible = _on_main_thread()
                 if self.stop_requested:
                     return False
                 ready, _, _ = select.select([self.wake_fd], [], [], min(remaining, 1.0))
@@ -316,12 +387,20 @@ class Worker:
     # -- handling -----------------------------------------------------------------------
 
     def _process_batch(self, raws: list[dict[str, Any]]) -> None:
+        self._run_batch(self._hold(raws))
+
+    def _hold(self, raws: list[dict[str, Any]]) -> list[Message]:
+        """The handler's messages for what a receive returned, kept hidden from now on."""
         received_at = time.monotonic()
         queue_name, suffix = self.queue.name, self.spec.suffix
         messages = [self._message(raw, queue_name, suffix) for raw in raws]
+        assert self.housekeeper is not None
+        self.housekeeper.hold(messages, received_at)
+        return messages
+
+    def _run_batch(self, messages: list[Message]) -> None:
         housekeeper = self.housekeeper
         assert housekeeper is not None
-        housekeeper.hold(messages, received_at)
         self._set_title(WorkerState.BUSY)  # once a batch: the scoreboard has the per-message detail
         blocked_groups: set[str] = set()
         for position, message in enumerate(messages):
@@ -332,18 +411,24 @@ class Worker:
             if group is not None and group in blocked_groups:
                 self._give_back([message])
                 continue
-            try:
-                kept = self._process(message)
-            except Exception:
-                # Whatever a producer put in the message, the loop goes on; the message
-                # stays in the queue and max_receives gives up on it in the end.
-                self.log.exception("message not processed", message_id=message.id)
-                housekeeper.release(message)
-                kept = True
+            kept = self._process_guarded(message)
             if kept and group is not None:
                 blocked_groups.add(group)
-        self.broken.clear()  # those never handled (given back, re-delayed) come back anew
+        for message in messages:  # those never handled (given back, re-delayed) come back anew
+            self.broken.pop(message.id, None)
         housekeeper.flush(wait=self.queue.fifo)
+
+    def _process_guarded(self, message: Message) -> bool:
+        """``_process``, whatever happens outside the handler; True when it stays queued."""
+        try:
+            return self._process(message)
+        except Exception:
+            # Whatever a producer put in the message, the loop goes on; the message
+            # stays in the queue and max_receives gives up on it in the end.
+            self.log.exception("message not processed", message_id=message.id)
+            assert self.housekeeper is not None
+            self.housekeeper.release(message)
+            return True
 
     def _message(self, raw: dict[str, Any], queue_name: str, suffix: str) -> Message:
         """The handler's message; a plain Message when the queue's message class fails on
@@ -357,6 +442,14 @@ class Worker:
 
     def _process(self, message: Message) -> bool:
         """Handle one message; True when it stays in the queue (FIFO order must wait)."""
+        settled = self._settle_unhandled(message)
+        if settled is not None:
+            return settled
+        return self._handle(message)
+
+    def _settle_unhandled(self, message: Message) -> bool | None:
+        """What happens before the handler: a re-delay, or giving up on the message. None
+        when its handler is to be called, else whether the message stays queued."""
         housekeeper = self.housekeeper
         assert housekeeper is not None
         not_before, problem = read_not_before(message.raw)
@@ -370,14 +463,16 @@ class Worker:
                 return False
             housekeeper.release(message)  # stays in the queue: no heartbeat keeps it hidden
             return True
-        return self._handle(message)
+        return None
 
     def _given_up(self, message: Message) -> str:
         """Why ``message`` goes without its handler being called again ("" when it does
         not): its handler started ``max_retries + 1`` times on this host and never finished
         (say it crashed the worker each time), or SQS delivered it more than ``max_receives``
         times (the safety net for starts this host never saw)."""
-        starts = self.attempts.starts(message.id)
+        # A first delivery has had no handler start anywhere: no table lookup (a file lock)
+        # on the common path.
+        starts = 0 if message.receive_count == 1 else self.attempts.starts(message.id)
         if starts > self.queue.max_retries:
             return f"handler started {starts} times (max_retries)"
         if message.receive_count > self.queue.receive_limit:
@@ -386,17 +481,10 @@ class Worker:
 
     def _handle(self, message: Message) -> bool:
         """Call the handler and act on its outcome; True when the message stays queued."""
-        housekeeper = self.housekeeper
-        assert housekeeper is not None
-        if self.queue.delete_on_start and not self._delete_now(message):
+        begun = self._begin(message)
+        if begun is None:
             return True
-        if not self.queue.delete_on_start:
-            # Recorded before the handler runs, so a crash inside it is charged to it alone.
-            self.attempts.start(message.id)
-        self.slot.start_message(message.id)
-        self.slot.observe_age(scoreboard.message_age(message.attributes))
-        started = time.monotonic()
-        kept = False
+        error: BaseException | None = None
         try:
             try:  # in this frame: a failure's traceback shows one line of sqsd, not two
                 broken = self.broken.pop(message.id, None)
@@ -405,33 +493,82 @@ class Worker:
                 self._run(self.spec.handler(message))
             finally:
                 self._exit_if_forked()
-        except RestartLater as exc:
-            kept = True
-            self._restart_later(message, exc, started)
         except QuickStop:
+            self._end(message, begun)
             raise
         except BaseException as exc:  # noqa: BLE001 - sys.exit() and Ctrl-C in a handler too
             # A handler's SystemExit or KeyboardInterrupt is its failure, not the worker's
             # end: the queue's on_error policy applies, as for any exception.
-            kept = self._fail(message, exc, started)
+            error = exc
+        return self._conclude(message, begun, error)
+
+    def _begin(self, message: Message) -> tuple[int, float] | None:
+        """Just before the handler: the start recorded, the slot told. Returns the running
+        token and the start time; None when delete_on_start could not delete it."""
+        if self.queue.delete_on_start and not self._delete_now(message):
+            return None
+        if not self.queue.delete_on_start:
+            # Recorded before the handler runs, so a crash inside it is charged to it alone.
+            self.attempts.start(message.id)
+        if self.engine is None:
+            self.slot.start_message(message.id)
+            token = 0
         else:
-            self.slot.add(scoreboard.PROCESSED)
-            if not self.queue.delete_on_start:
-                housekeeper.delete(message)
-            self.log.info(
-                "handled",
-                message_id=message.id,
-                receive_count=message.receive_count,
-                duration=round(time.monotonic() - started, 4),
-            )
+            token = self.engine.running.start(message.id)
+        self.slot.observe_age(scoreboard.message_age(message.attributes))
+        return token, time.monotonic()
+
+    def _conclude(
+        self,
+        message: Message,
+        begun: tuple[int, float],
+        error: BaseException | None,
+        *,
+        after_hook: bool = True,
+    ) -> bool:
+        """Act on the handler's outcome (``error`` None: it returned); True when the
+        message stays queued. ``after_hook``: run after_message here (else the caller
+        awaits it)."""
+        housekeeper = self.housekeeper
+        assert housekeeper is not None
+        started = begun[1]
+        kept = False
+        try:
+            if error is None:
+                self.slot.add(scoreboard.PROCESSED)
+                if not self.queue.delete_on_start:
+                    housekeeper.delete(message)
+                self.log.info(
+                    "handled",
+                    message_id=message.id,
+                    receive_count=message.receive_count,
+                    duration=round(time.monotonic() - started, 4),
+                )
+            elif isinstance(error, RestartLater):
+                kept = True
+                self._restart_later(message, error, started)
+            else:
+                kept = self._fail(message, error, started)
         finally:
-            self.handled += 1
-            self.slot.observe_handler(time.monotonic() - started)
-            self.slot.end_message()
-            self._after_message(message)
+            self._end(message, begun, after_hook=after_hook)
         if kept or self.queue.delete_on_start:
             housekeeper.release(message)
         return kept
+
+    def _end(self, message: Message, begun: tuple[int, float], *, after_hook: bool = True) -> None:
+        token, started = begun
+        with self.handled_lock:
+            self.handled += 1
+        seconds = time.monotonic() - started
+        self.slot.observe_handler(seconds)
+        if self.engine is None:
+            self.slot.end_message()
+            if self.prefetch is not None:
+                self.prefetch.observe(seconds)
+        else:
+            self.engine.running.end(token, seconds)
+        if after_hook:
+            self._after_message(message)
 
     def _run(self, result: Any) -> Any:
         """An ``async def`` handler (or hook) returned an awaitable: run it to the end on
@@ -635,9 +772,12 @@ class Worker:
     def _give_back(self, messages: list[Message]) -> None:
         """Make received but unstarted messages visible again at once."""
         assert self.housekeeper is not None
+        if not messages:
+            return
         self.slot.add(scoreboard.GIVEN_BACK, len(messages))
         for message in messages:
             self.housekeeper.release(message)  # never started: no attempt to count
+            self.broken.pop(message.id, None)  # it comes back anew
         for attempt in range(GIVE_BACK_TRIES):
             if attempt:
                 time.sleep(0.1 * 2**attempt)  # throttled or a server fault: a moment's pause
@@ -684,8 +824,8 @@ class Worker:
         return retry
 
 
-class MissingQueue(Exception):  # noqa: N818
-    """The worker's queue does not exist: a configuration problem, not a crash."""
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -26,7 +26,7 @@ from sqsd.control.status import dead_letter_names, status_reply
 from sqsd.redact import redact
 from sqsd.scaling import Sizing
 from sqsd.spelling import did_you_mean
-from sqsd.states import Program, WorkerState
+from sqsd.states import Program, SlotView, WorkerState
 from sqsd_client.protocol import PROTOCOL_VERSION, error
 
 FRESH_STATUS_WAIT = 2.0  # how long `status --fresh` waits for depths before answering
@@ -457,7 +457,7 @@ class ControlPlane:
         busy = {
             p.spec.url_name
             for p in self.supervisor.programs.values()
-            if p.worker is not None and p.worker.slot.read().state is WorkerState.BUSY
+            if p.worker is not None and _busy(p.worker.slot.read())
         }
         for waiter in list(self.waiters):
             clean = all(
@@ -573,3 +573,8 @@ def _string(request: dict[str, Any], key: str) -> str:
 def _close_quietly(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+def _busy(view: SlotView) -> bool:
+    """A handler runs (one of several, possibly while the worker polls for more)."""
+    return view.state is WorkerState.BUSY or view.busy > 0

@@ -126,7 +126,9 @@ def _grouped(status: dict[str, Any]) -> list[dict[str, Any]]:
 def _worker_row(w: dict[str, Any]) -> list[Cell]:
     state = w["state"]
     colour = STATE_COLOURS.get(state)
-    if state == WorkerState.BUSY.label:
+    if state == WorkerState.BUSY.label and w.get("slots", 1) > 1:
+        state = f"busy {w.get('busy', 0)}/{w['slots']}"
+    elif state == WorkerState.BUSY.label:
         state = f"busy {(w.get('message_id') or '')[:8]}"
     elif state == WorkerState.IDLE.label:
         state = f"idle {duration(w.get('idle_seconds', 0))} left"

@@ -145,6 +145,8 @@ def worker_entry(program: Program, now: float) -> dict[str, Any]:
         failed=counters["failed"],
         retried=counters["retried"],
         dead_lettered=counters["dead_lettered"],
+        busy=view.busy,  # handler slots running a message
+        slots=view.slots,  # handler slots in all (concurrency)
         api={
             "receive": counters["receives"],
             "empty_receive": counters["empty_receives"],
@@ -155,7 +157,7 @@ def worker_entry(program: Program, now: float) -> dict[str, Any]:
     )
     if worker.stop_sent:
         pass
-    elif view.state is WorkerState.BUSY:
+    elif view.state is WorkerState.BUSY or view.message_started:  # the oldest running
         entry["message_id"] = view.message_id
         entry["message_seconds"] = round(now - view.message_started, 1)
     elif view.state in SLEEPING_STATES:

@@ -36,6 +36,9 @@ class View:
     heartbeat: float = 0.0
     message_started: float = 0.0
     message_id: str = ""
+    busy: int = 1
+    slots: int = 1
+    asyncio: bool = False
 
 
 class FakeSlot:
