@@ -1,10 +1,13 @@
 """Handler starts per message id, kept in a small memory-mapped file on this host.
 
 ``max_retries`` counts handler *starts*, never plain receives: a worker records a start
-here just before it calls the handler and forgets the message once it is deleted or
-dead-lettered. A message whose handler crashed its worker every time is thus given up on
-after ``max_retries + 1`` starts, while the batch-mates it took down with it (never
-started) and messages given back at a graceful stop (never started) keep every try.
+here just before it calls the handler, marks the message finished when the handler
+returned (its delete follows in a batch) and forgets it once it is dead-lettered or
+deleted at once. A message whose handler crashed its worker every time is thus given up
+on after ``max_retries + 1`` starts, while the batch-mates it took down with it (never
+started) and messages given back at a graceful stop (never started) keep every try; and a
+message whose handler returned but whose delete was lost is deleted when it comes back,
+never counted as a failure.
 
 The table is a file in the runtime directory (next to the control socket and named after
 it: ``/run/sqsd/sqsd.sock`` has ``/run/sqsd/sqsd.attempts``), created by the
@@ -54,6 +57,7 @@ _KEY_SIZE = 40
 _PROBES = 32
 _EMPTY = b"\0" * _KEY_SIZE
 _TOMBSTONE = b"\xff" * _KEY_SIZE
+_DONE = 0x8000_0000  # in the starts field: the handler returned, only the delete was left
 STALE_AFTER = 15 * 86400  # longer than SQS keeps any message (14 days)
 assert _HEADER.size == 64
 
@@ -127,7 +131,7 @@ class AttemptTable:
             _, starts, _ = _ENTRY.unpack_from(self.memory, offset)
             if self.memory[offset : offset + _KEY_SIZE] != key:
                 starts = 0  # a free, stale or evicted slot: this message starts afresh
-            starts = min(starts + 1, 0xFFFFFFFF)
+            starts = min((starts & ~_DONE) + 1, _DONE - 1)
             _ENTRY.pack_into(self.memory, offset, key, starts, _now())
             return starts
 
@@ -138,7 +142,27 @@ class AttemptTable:
             offset = self._find(key, insert=False)
             if offset is None:
                 return 0
-            return int(_ENTRY.unpack_from(self.memory, offset)[1])
+            return int(_ENTRY.unpack_from(self.memory, offset)[1]) & ~_DONE
+
+    def finish(self, message_id: str) -> None:
+        """Mark ``message_id``'s handler as returned, just before its delete is queued. If
+        the delete is lost (the worker dies first), the next receive sees ``finished`` and
+        deletes the message instead of counting a failed start. From now on the entry's
+        slot may be reused, as after ``forget``: no second call is needed after the delete."""
+        key = _key(message_id)
+        with self._locked():
+            offset = self._find(key, insert=False)
+            if offset is not None:
+                _, starts, _ = _ENTRY.unpack_from(self.memory, offset)
+                _ENTRY.pack_into(self.memory, offset, key, starts | _DONE, _now())
+
+    def finished(self, message_id: str) -> bool:
+        """Whether ``message_id``'s handler returned on this host (``finish``), as long as
+        its entry was not reused since."""
+        key = _key(message_id)
+        with self._locked():
+            offset = self._find(key, insert=False)
+            return offset is not None and bool(_ENTRY.unpack_from(self.memory, offset)[1] & _DONE)
 
     def forget(self, message_id: str) -> None:
         """Drop ``message_id`` once it left the queue (deleted, dead-lettered, logged).
@@ -160,14 +184,15 @@ class AttemptTable:
         stale_before = _now() - STALE_AFTER
         for probe in range(min(_PROBES, self.slots)):
             offset = _HEADER.size + ((start + probe) % self.slots) * _ENTRY.size
-            stored, _, written = _ENTRY.unpack_from(self.memory, offset)
+            stored, starts, written = _ENTRY.unpack_from(self.memory, offset)
             if stored == key:
                 return offset
             if stored == _EMPTY:
                 if not insert:
                     return None
                 return reusable if reusable is not None else offset
-            if reusable is None and (stored == _TOMBSTONE or written < stale_before):
+            free = stored == _TOMBSTONE or starts & _DONE or written < stale_before
+            if reusable is None and free:
                 reusable = offset
             if oldest is None or written < oldest[0]:
                 oldest = (written, offset)

@@ -148,7 +148,6 @@ class Worker:
             self.queue.visibility_timeout,
             self.slot,
             self.log,
-            on_deleted=self.attempts.forget,
         )
         self.housekeeper.start()
         self.log.info("worker started", pid=os.getpid(), url=self.url)
@@ -457,6 +456,12 @@ class Worker:
             self._warn_once(message, f"{NOT_BEFORE_ATTRIBUTE} ignored: {problem}")
         if not_before is not None and self._redelay(message, not_before):
             return False
+        if message.receive_count > 1 and self.attempts.finished(message.id):
+            # Its handler returned here before; only the delete was lost (the worker died).
+            self.log.info("deleting a message handled before", message_id=message.id,
+                          receive_count=message.receive_count)
+            housekeeper.delete(message)
+            return False
         reason = self._given_up(message)
         if reason:
             if self._dead_letter(message, reason):
@@ -537,6 +542,7 @@ class Worker:
             if error is None:
                 self.slot.add(scoreboard.PROCESSED)
                 if not self.queue.delete_on_start:
+                    self.attempts.finish(message.id)
                     housekeeper.delete(message)
                 self.log.info(
                     "handled",

@@ -27,6 +27,18 @@ def test_counts_starts_per_message_and_forgets_finished_ones():
     assert table.start(first) == 1
 
 
+def test_a_finished_message_keeps_its_starts_and_frees_its_slot():
+    table = AttemptTable(slots=1)
+    done, other = ids(2)
+    table.start(done)
+    assert not table.finished(done)
+    table.finish(done)
+    table.finish("unknown")  # nothing to mark
+    assert (table.finished(done), table.starts(done), table.finished("unknown")) == (True, 1, False)
+    assert table.start(other) == 1  # the one slot is taken over, no eviction of a live entry
+    assert (table.finished(done), table.starts(done)) == (False, 0)
+
+
 def test_long_empty_and_odd_ids_are_counted_apart():
     table = AttemptTable()
     long_a, long_b = "a" * 100 + "1", "a" * 100 + "2"

@@ -173,7 +173,7 @@ class Engine:
 def housekeeping(worker: Worker) -> Iterator[None]:
     """The worker's housekeeper running for the ``with`` block, and gone after it."""
     keeper = Housekeeper(worker.client, worker.url, worker.queue.visibility_timeout,
-                         worker.slot, worker.log, on_deleted=worker.attempts.forget)
+                         worker.slot, worker.log)
     worker.housekeeper = keeper
     keeper.start()
     try:
@@ -274,11 +274,23 @@ def test_max_receives_is_a_safety_net_for_starts_this_host_never_saw():
     assert eng2.handled == [] and eng2.dead() == ["ok"]
 
 
-def test_a_handled_message_is_forgotten_once_deleted():
+def test_a_handled_message_is_marked_finished_before_its_delete():
     eng = engine()
     eng.run([raw("ok")])
     assert eng.deleted() == {"ok"}
-    assert eng.table.starts("id-ok") == 0
+    assert eng.table.finished("id-ok")
+
+
+def test_a_handled_message_whose_delete_was_lost_is_deleted_when_it_comes_back():
+    eng = engine(max_retries=0)
+    eng.table.start("id-ok")  # its handler ran and returned; the worker died before the delete
+    eng.table.finish("id-ok")
+
+    eng.run([raw("ok", receives=2)])
+
+    assert eng.handled == []
+    assert eng.dead() == []
+    assert eng.deleted() == {"ok"}
 
 
 def test_restart_later_counts_as_a_start_and_leaves_the_message():
@@ -338,7 +350,9 @@ def test_a_hostile_not_before_attribute_is_ignored_and_logged_once(value):
     eng = engine()
     attributes = {"sqsd_not_before": value}
     eng.run([raw("ok", attributes=attributes), raw("ok", attributes=attributes, receives=2)])
-    assert eng.handled == ["ok", "ok"]
+    # The second delivery of the handled message is deleted without running again.
+    assert eng.handled == ["ok"]
+    assert sorted(eng.sqs.deleted) == ["rh-id-ok-1", "rh-id-ok-2"]
     assert eng.sqs.sent == []  # not re-delayed
     [warning] = eng.log.named("sqsd_not_before ignored")
     assert warning["message_id"] == "id-ok"

@@ -713,9 +713,7 @@ class WorkerModel(RuleBasedStateMachine):
         worker._wait_for_wake = lambda timeout: self.scheduler.pass_time(timeout) or False
         self.worker = worker
         worker._resolve_queues()
-        options = {}
-        if "on_deleted" in inspect.signature(worker_module.Housekeeper).parameters:
-            options["on_deleted"] = worker.attempts.forget  # as Worker.run() makes it
+        options: dict[str, Any] = {}  # as Worker.run() makes it: nothing but the defaults
         housekeeper = worker_module.Housekeeper(
             self.sqs, worker.url, self.queue_settings.visibility_timeout, worker.slot,
             worker.log, **options
