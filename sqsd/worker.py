@@ -227,8 +227,8 @@ class Worker:
             busy = self.engine.running.count()
         elif busy is None:
             busy = 1 if state is WorkerState.BUSY else 0
-        slots = f"busy {busy}/{self.queue.concurrency}"
-        title = f"sqsd: worker {self.spec.label} {state.label} {slots} {self.handled} done"
+        slots = f"{busy}/{self.queue.concurrency} slots"
+        title = f"sqsd: worker {self.spec.label} {state.label} {slots}, {self.handled} done"
         if title != self.title:
             self.title = title
             setproctitle.setproctitle(title)
