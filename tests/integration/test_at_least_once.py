@@ -21,7 +21,6 @@ test prints one JSON line of figures (sent / handled / dead-lettered / lost).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psutil
@@ -30,50 +29,16 @@ from conftest import queue_counts
 
 from sqsd.message import encode_call
 from tests.chaos.ledger import Ledger
+from tests.support.figures import create_queue, ledger_fixture, report
 from tests.support.proxy import SQSProxy
 
 RECEIVER = "tests.receivers.atleastonce:handle"
-VISIBILITY = 5  # the harness's default and sqsd's floor
 DOWN = ("starting", "crashloop", "fatal", "exited", "stopping", None)
 
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def ledger(request, harness):
-    """The test's message ledger; its figures are printed as one JSON line at the end,
-    also when the test failed before printing them itself."""
-    book = Ledger(harness)
-    book.extra = {}
-    yield book
-    if book.sent and not getattr(book, "reported", False):
-        report(request.node.name, book, incomplete=True)
-
-
-def report(name: str, ledger: Ledger, **extra: Any) -> dict[str, Any]:
-    summary = ledger.summary()
-    figures = {
-        "sent": summary["sent"],
-        "handled": summary["handled"],
-        "duplicates": summary["duplicates"],
-        "dead_lettered": summary["dead_lettered"],
-        "failed_logged": summary["failed_logged"],
-        "lost": summary["lost"],
-        "dead_but_expected_handled": summary["dead_but_expected_handled"],
-        **ledger.extra,
-        **extra,
-    }
-    ledger.reported = True
-    print(f"\nat-least-once {name}: {json.dumps(figures, default=str)}")
-    return figures
-
-
-def create_queue(harness, name: str) -> str:
-    """Create a queue before any daemon runs, so messages sent now are all there for the
-    worker's first receive (one SendMessageBatch, one ReceiveMessage of up to 10)."""
-    return harness.sqs.create_queue(
-        QueueName=harness.queue_name(name), Attributes={"VisibilityTimeout": str(VISIBILITY)}
-    )["QueueUrl"]
+ledger = ledger_fixture("at-least-once")
 
 
 def starts(harness, key: str) -> list[dict[str, Any]]:

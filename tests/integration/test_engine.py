@@ -39,10 +39,10 @@ import sqsd.producer
 from sqsd.testing import RunCounts, queues
 from tests.chaos.ledger import Ledger
 from tests.receivers.chaos import body_key
+from tests.support.figures import create_queue, ledger_fixture, report
 
 RECEIVER = "tests.receivers.engine:handle"
 ARECEIVER = "tests.receivers.engine:ahandle"
-VISIBILITY = 5  # the harness's default and sqsd's floor
 # Receivers are named by reference only: ``imports = ["tests.receivers.engine"]`` would add
 # the workers of every task registered by the modules it imports.
 
@@ -52,43 +52,7 @@ pytestmark = pytest.mark.timeout(60)
 # -- figures and helpers --------------------------------------------------------------------
 
 
-@pytest.fixture
-def ledger(request, harness):
-    """The test's message ledger; its figures are printed as one JSON line at the end,
-    also when the test failed before printing them itself."""
-    book = Ledger(harness)
-    book.extra = {}
-    yield book
-    if book.sent and not getattr(book, "reported", False):
-        report(request.node.name, book, incomplete=True)
-
-
-def report(name: str, ledger: Ledger, **extra: Any) -> dict[str, Any]:
-    summary = ledger.summary()
-    figures = {
-        "sent": summary["sent"],
-        "handled": summary["handled"],
-        "duplicates": summary["duplicates"],
-        "dead_lettered": summary["dead_lettered"],
-        "failed_logged": summary["failed_logged"],
-        "lost": summary["lost"],
-        "dead_but_expected_handled": summary["dead_but_expected_handled"],
-        **ledger.extra,
-        **extra,
-    }
-    ledger.reported = True
-    print(f"\nengine {name}: {json.dumps(figures, default=str)}")
-    return figures
-
-
-def create_queue(harness, name: str) -> str:
-    """Create a queue before any daemon runs, so the messages sent now are all there for
-    the worker's first receive."""
-    attributes = {"VisibilityTimeout": str(VISIBILITY)}
-    if name.endswith(".fifo"):
-        attributes.update(FifoQueue="true", ContentBasedDeduplication="true")
-    return harness.sqs.create_queue(QueueName=harness.queue_name(name),
-                                    Attributes=attributes)["QueueUrl"]
+ledger = ledger_fixture("engine")
 
 
 def send_fifo(ledger: Ledger, queue: str, entries: list[tuple[str, str]]) -> None:
