@@ -46,13 +46,20 @@ from sqsd import producer as producer_module
 from sqsd.config import QueueSettings, Settings
 from sqsd.errors import RestartLater
 from sqsd.message import Message
+from sqsd.outcome import (
+    Action,
+    Decision,
+    Rules,
+    after_handler,
+    before_handler,
+    dead_letter_attributes,
+    describe,
+)
 from sqsd.plan import resolve_handler, resolve_reference
 from sqsd.producer import Producer
 from sqsd.registry import REGISTRY
-from sqsd.sqs import encode_attributes
 from sqsd.testing_concurrency import deliver_many
 from sqsd.testing_concurrency import run_awaitable as _run
-from sqsd.worker import DLQ_ERROR_ATTRIBUTE
 
 __all__ = ["FailedMessage", "MemoryQueue", "Queues", "RunCounts", "queues"]
 
@@ -428,9 +435,12 @@ class Queues:
         with self._lock:
             stored.receive_count += 1
             message = route.message_class(stored.raw(), queue.name, queue.suffix)
-            if stored.receive_count > settings.max_retries + 1:
-                reason = f"received {stored.receive_count} times (max_retries)"
-                self._dead_letter(queue, stored, message, settings, reason)
+            # No start table here: every earlier receive started the handler.
+            decision = before_handler(
+                Rules.of(settings), receive_count=stored.receive_count, starts=None
+            )
+            if decision.gives_up:
+                self._give_up(queue, stored, message, settings, decision)
                 counts.dead_lettered += 1
                 return None
             if settings.delete_on_start:
@@ -449,58 +459,53 @@ class Queues:
     ) -> None:
         """Apply the outcome of the handler's call (``exc`` None: it returned)."""
         settings = route.settings
+        decision = after_handler(
+            Rules.of(settings), exc, receive_count=stored.receive_count, starts=None
+        )
         try:
             with self._lock:
                 if isinstance(exc, RestartLater):
-                    counts.retried += 1
+                    counts.retried += 1  # delays are recorded, never waited for
                     log.info("restart later: %s (%s)", message.id, exc or "no reason given")
                 elif exc is not None:
                     counts.failed += 1
-                    error = f"{type(exc).__name__}: {exc}"
                     log.error(
                         "handler of %s failed on %s", queue.url_name, message.id, exc_info=exc
                     )
-                    self.failed.append(FailedMessage(message, error, exc))
-                    if settings.error_policy == "dead-letter":
-                        self._dead_letter(queue, stored, message, settings, error)
+                    self.failed.append(FailedMessage(message, describe(exc), exc))
+                    if decision.gives_up:
+                        self._give_up(queue, stored, message, settings, decision)
                         counts.dead_lettered += 1
-                    elif settings.error_policy == "delete":
+                    elif decision.action is Action.DELETE:
                         queue._remove(stored)
                 else:
                     counts.processed += 1
-                    queue._remove(stored)
+                    queue._remove(stored)  # delete_on_start (GONE): removed already
         finally:
             with self._lock:
                 self._running.remove((queue.name, queue.suffix))
             self._after_message(route, message)
 
-    def _dead_letter(
+    def _give_up(
         self,
         queue: MemoryQueue,
         stored: _Stored,
         message: Message,
         settings: QueueSettings,
-        reason: str,
+        decision: Decision,
     ) -> None:
-        """Move to the dead-letter queue, with the worker's extra attributes; without one,
-        record it in ``failed`` and drop it."""
+        """Carry out DEAD_LETTER (to the dead-letter queue, with the worker's extra
+        attributes) or DROP (recorded in ``failed``)."""
         queue._remove(stored)
-        if not settings.dead_letter_queue:
+        reason = decision.reason
+        if decision.action is Action.DROP:
             self.failed.append(FailedMessage(message, reason))
             log.warning("dropping %s: %s", message.id, reason)
             return
-        attributes = dict(stored.attributes)
         label = f"{queue.name}:{queue.suffix}" if queue.suffix else queue.name
-        extra = encode_attributes(
-            {
-                DLQ_ERROR_ATTRIBUTE: reason[:1000] or "error",
-                "sqsd_queue": label,
-                "sqsd_receive_count": stored.receive_count,
-            }
+        attributes = dead_letter_attributes(
+            stored.attributes, reason, queue_label=label, receive_count=stored.receive_count
         )
-        for name, value in extra.items():
-            if len(attributes) < 10:  # SQS allows ten attributes; the user's come first
-                attributes[name] = value
         dead_letter = self[settings.dead_letter_queue]
         fifo = dead_letter.fifo
         dead_letter._store(

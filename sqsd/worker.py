@@ -20,7 +20,7 @@ from typing import Any
 
 import setproctitle
 
-from sqsd import engine, logs, scoreboard
+from sqsd import engine, logs, outcome, scoreboard
 from sqsd.attempts import AttemptTable
 from sqsd.config import Settings
 from sqsd.errors import (
@@ -34,13 +34,12 @@ from sqsd.errors import (
 )
 from sqsd.housekeeping import Housekeeper, failure_kind
 from sqsd.message import NOT_BEFORE_ATTRIBUTE, Message, read_not_before
+from sqsd.outcome import Action, Decision
 from sqsd.plan import WorkerSpec  # re-exported: its home was here
 from sqsd.prefetch import Prefetch
 from sqsd.sqs import (
-    MAX_ATTRIBUTES,
     MAX_VISIBILITY,
     batches,
-    encode_attributes,
     ensure_queue,
     is_missing_queue,
     make_client,
@@ -51,9 +50,6 @@ from sqsd.states import WorkerState
 
 ERROR_BACKOFF_MAX = 30.0
 GIVE_BACK_TRIES = 3
-RETRY_DELAY_BASE = 5  # RestartLater without delay: 5 s, 10 s, 20 s, ... per receive
-RETRY_DELAY_MAX = 900
-DLQ_ERROR_ATTRIBUTE = "sqsd_error"
 
 _forks = 0  # os.fork() calls made by this process (a handler's, or the master's)
 
@@ -464,7 +460,7 @@ class Worker:
             return False
         reason = self._given_up(message)
         if reason:
-            if self._dead_letter(message, reason):
+            if self._give_up(message, outcome.give_up(self._rules(), reason)):
                 return False
             housekeeper.release(message)  # stays in the queue: no heartbeat keeps it hidden
             return True
@@ -472,17 +468,16 @@ class Worker:
 
     def _given_up(self, message: Message) -> str:
         """Why ``message`` goes without its handler being called again ("" when it does
-        not): its handler started ``max_retries + 1`` times on this host and never finished
-        (say it crashed the worker each time), or SQS delivered it more than ``max_receives``
-        times (the safety net for starts this host never saw)."""
+        not), as ``outcome.before_handler`` decides from the starts on this host."""
         # A first delivery has had no handler start anywhere: no table lookup (a file lock)
         # on the common path.
         starts = 0 if message.receive_count == 1 else self.attempts.starts(message.id)
-        if starts > self.queue.max_retries:
-            return f"handler started {starts} times (max_retries)"
-        if message.receive_count > self.queue.receive_limit:
-            return f"received {message.receive_count} times (max_receives)"
-        return ""
+        return outcome.before_handler(
+            self._rules(), receive_count=message.receive_count, starts=starts
+        ).reason
+
+    def _rules(self) -> outcome.Rules:
+        return outcome.Rules.of(self.queue, dead_letter=bool(self.dead_letter_url))
 
     def _handle(self, message: Message) -> bool:
         """Call the handler and act on its outcome; True when the message stays queued."""
@@ -541,7 +536,10 @@ class Worker:
         try:
             if error is None:
                 self.slot.add(scoreboard.PROCESSED)
-                if not self.queue.delete_on_start:
+                decision = outcome.after_handler(
+                    self._rules(), None, receive_count=message.receive_count, starts=None
+                )
+                if decision.action is Action.DELETE:
                     self.attempts.finish(message.id)
                     housekeeper.delete(message)
                 self.log.info(
@@ -587,9 +585,9 @@ class Worker:
         return self.runner.run(_awaited(result))
 
     def _restart_later(self, message: Message, exc: RestartLater, started: float) -> None:
-        delay = exc.delay
-        if delay is None:
-            delay = min(RETRY_DELAY_MAX, RETRY_DELAY_BASE * 2 ** (message.receive_count - 1))
+        delay = outcome.after_handler(
+            self._rules(), exc, receive_count=message.receive_count, starts=None
+        ).delay
         self.slot.add(scoreboard.RETRIED)
         self._change_visibility(message, int(delay))
         self.log.info(
@@ -615,49 +613,51 @@ class Worker:
             receive_count=message.receive_count,
             duration=round(time.monotonic() - started, 4),
             policy=policy,
-            error=_describe(exc),
+            error=outcome.describe(exc),
             body=message.body,
         )
         if not recorded:
             return True
-        if policy == "retry":
-            starts = self.attempts.starts(message.id)
-            if starts <= self.queue.max_retries:
-                return True
-            reason = f"handler failed {starts} times (max_retries): {_describe(exc)}"
-            return not self._dead_letter(message, reason, announced=True)
-        if policy == "dead-letter":
-            return not self._dead_letter(message, _describe(exc), announced=True)
+        # The start table is a file under a lock: read only when the decision needs it.
+        starts = self.attempts.starts(message.id) if policy == "retry" else None
+        decision = outcome.after_handler(
+            self._rules(), exc, receive_count=message.receive_count, starts=starts
+        )
+        if decision.action is Action.KEEP:
+            return True
+        if decision.gives_up:
+            return not self._give_up(message, decision, announced=True)
         return not self._delete_now(message)
 
-    def _dead_letter(self, message: Message, reason: str, *, announced: bool = False) -> bool:
-        """Move to the dead-letter queue, or log the body and delete when there is none.
-        False when the message could not be moved (it stays in the queue). ``announced``:
-        the failure record said so already, the move itself is only a debug line."""
-        if not self.dead_letter_url:
-            recorded = self.failed_log.write(
-                event="dropping message",
-                queue=self.queue.name,
-                suffix=self.spec.suffix,
-                message_id=message.id,
-                receive_count=message.receive_count,
-                error=reason,
-                body=message.body,
-            )
-            if not recorded:  # the body's only other copy: keep the message
-                return False
-            return self._delete_now(message)
-        attributes = dict(message.raw.get("MessageAttributes", {}))
-        extra = encode_attributes(
-            {
-                DLQ_ERROR_ATTRIBUTE: reason[:1000] or "error",
-                "sqsd_queue": self.spec.label,
-                "sqsd_receive_count": message.receive_count,
-            }
+    def _give_up(self, message: Message, decision: Decision, *, announced: bool = False) -> bool:
+        """Carry out DEAD_LETTER, or DROP: log the body to the failed log and delete. False
+        when the message could not leave its queue (it stays). ``announced``: the failure
+        record said so already."""
+        if decision.action is Action.DEAD_LETTER:
+            return self._dead_letter(message, decision.reason, announced=announced)
+        recorded = self.failed_log.write(
+            event="dropping message",
+            queue=self.queue.name,
+            suffix=self.spec.suffix,
+            message_id=message.id,
+            receive_count=message.receive_count,
+            error=decision.reason,
+            body=message.body,
         )
-        for name, value in extra.items():
-            if len(attributes) < MAX_ATTRIBUTES:  # the user's attributes come first
-                attributes[name] = value
+        if not recorded:  # the body's only other copy: keep the message
+            return False
+        return self._delete_now(message)
+
+    def _dead_letter(self, message: Message, reason: str, *, announced: bool = False) -> bool:
+        """Move to the dead-letter queue. False when the message could not be moved (it
+        stays in the queue). ``announced``: the failure record said so already, the move
+        itself is only a debug line."""
+        attributes = outcome.dead_letter_attributes(
+            message.raw.get("MessageAttributes", {}),
+            reason,
+            queue_label=self.spec.label,
+            receive_count=message.receive_count,
+        )
         params: dict[str, Any] = {
             "QueueUrl": self.dead_letter_url,
             "MessageBody": message.body,
@@ -836,7 +836,3 @@ def _on_main_thread() -> bool:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
