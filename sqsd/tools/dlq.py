@@ -41,7 +41,8 @@ REDRIVE_VISIBILITY = 120  # seconds to send and delete one batch before it reapp
 DELETE_TRIES = 3  # DeleteMessageBatch calls per receive of a message
 DELETE_ROUNDS = 3  # receives of a message whose delete keeps failing
 MOVE_TASK_POLL = 1.0
-# What the worker adds when it dead-letters a message (sqsd.worker): notes, not the message.
+# What the worker adds when it dead-letters a message (sqsd.message_actions): notes, not
+# the message.
 ERROR_ATTRIBUTE = "sqsd_error"
 SOURCE_ATTRIBUTE = "sqsd_queue"
 RECEIVES_ATTRIBUTE = "sqsd_receive_count"

@@ -93,6 +93,9 @@ CLOCK = FakeClock()
 # Where the worker's helper threads live (sqsd.housekeeping since #10): its ``time`` is
 # patched too.
 housekeeping = sys.modules[worker_module.Housekeeper.__module__]
+# Where the worker's actions on one message live (sqsd.message_actions since #15): its
+# ``time`` is patched too (re-delays read the wall clock, give backs sleep).
+message_actions = sys.modules[worker_module.Worker._give_back.__module__]
 STRICT_HEARTBEAT = os.environ.get(
     "SQSD_MODEL_STRICT_HEARTBEAT", "1" if hasattr(housekeeping, "Heartbeat") else "") == "1"
 if hasattr(worker_module, "QuickStop"):
@@ -904,6 +907,8 @@ def test_every_message_is_handled_failed_or_dead_lettered_by_the_rules():
         patches.enter_context(mock.patch.object(worker_module, "setproctitle", mock.Mock()))
         if housekeeping is not worker_module:
             patches.enter_context(mock.patch.object(housekeeping, "time", CLOCK))
+        if message_actions is not worker_module:
+            patches.enter_context(mock.patch.object(message_actions, "time", CLOCK))
         try:
             run_state_machine_as_test(WorkerModel, settings=machine_settings)
         finally:
