@@ -63,22 +63,36 @@ def failure_kind(failure: dict[str, Any]) -> str:
     return "refused"
 
 
-class Heartbeat(threading.Thread):
+class _QueueThread(threading.Thread):
+    """A daemon thread making SQS calls on one queue URL, woken through ``cond``."""
+
+    def __init__(self, name: str, client: Any, url: str, slot: scoreboard.Slot, log: Any):
+        super().__init__(name=name, daemon=True)
+        self.client = client
+        self.url = url
+        self.slot = slot
+        self.log = log
+        self.cond = threading.Condition()
+        self.stopping = False
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        if self.is_alive():
+            self.join()
+
+
+class Heartbeat(_QueueThread):
     """Extends the visibility of the messages in hand (the one running and those waiting
     in its batch) while less than half of their visibility timeout is left."""
 
     def __init__(
         self, client: Any, url: str, visibility_timeout: int, slot: scoreboard.Slot, log: Any
     ):
-        super().__init__(name="sqsd-heartbeat", daemon=True)
-        self.client = client
-        self.url = url
+        super().__init__("sqsd-heartbeat", client, url, slot, log)
         self.visibility_timeout = visibility_timeout
-        self.slot = slot
-        self.log = log
-        self.cond = threading.Condition()
         self.in_hand: dict[str, _Held] = {}  # receipt handle -> what we know of it
-        self.stopping = False
 
     def hold(self, messages: Sequence[Message], received_at: float) -> None:
         deadline = received_at + self.visibility_timeout
@@ -103,13 +117,6 @@ class Heartbeat(threading.Thread):
             held = self.in_hand.get(message.receipt_handle)
             if held is not None:
                 held.deleting = True
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-        if self.is_alive():
-            self.join()
 
     def run(self) -> None:
         while True:
@@ -207,7 +214,7 @@ class _Held:
         self.next_at = now + delay
 
 
-class Deleter(threading.Thread):
+class Deleter(_QueueThread):
     """Deletes finished messages in batches: a full batch at once, a partial one within
     ``DELETE_FLUSH_AGE``, everything when flushed or stopped."""
 
@@ -220,19 +227,13 @@ class Deleter(threading.Thread):
         on_deleted: Callable[[str], None],
         on_done: Callable[[str], None] = lambda handle: None,
     ):
-        super().__init__(name="sqsd-deleter", daemon=True)
-        self.client = client
-        self.url = url
-        self.slot = slot
-        self.log = log
+        super().__init__("sqsd-deleter", client, url, slot, log)
         self.on_deleted = on_deleted  # with the message id of each message SQS deleted
         self.on_done = on_done  # with the receipt handle of each delete done or given up
-        self.cond = threading.Condition()
         self.pending: list[tuple[str, str, int]] = []  # (message id, receipt handle, tries)
         self.oldest_pending = 0.0
         self.flush_requested = False
         self.deleting = False  # a batch taken from pending is being deleted
-        self.stopping = False
 
     def add(self, message: Message) -> None:
         with self.cond:
@@ -251,13 +252,6 @@ class Deleter(threading.Thread):
                 self.cond.notify_all()
             if wait:
                 self.cond.wait_for(lambda: not (self.pending or self.deleting), FLUSH_WAIT_MAX)
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-        if self.is_alive():
-            self.join()
 
     def run(self) -> None:
         while True:

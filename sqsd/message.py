@@ -12,19 +12,12 @@ NOT_BEFORE_ATTRIBUTE = "sqsd_not_before"  # epoch seconds; set when a delay exce
 NOT_BEFORE_MAX_AHEAD = 10 * 365 * 86400  # further ahead is a producer's mistake, not a delay
 
 
-class Message:
-    """One received SQS message.
+class Received:
+    """The fields of a received SQS message every reader needs, read from ``self.raw``
+    (a ReceiveMessage entry): for ``Message`` and for sqsctl's dead-letter listing."""
 
-    Subclass it and pass ``message_class=`` to ``@receiver`` to change how bodies are
-    encoded at send time (``encode``) and add properties that read the body.
-    """
-
-    __slots__ = ("raw", "queue", "suffix")
-
-    def __init__(self, raw: dict[str, Any], queue: str = "", suffix: str = "") -> None:
-        self.raw = raw
-        self.queue = queue
-        self.suffix = suffix
+    __slots__ = ()
+    raw: dict[str, Any]
 
     @property
     def body(self) -> str:
@@ -37,6 +30,21 @@ class Message:
     @property
     def receipt_handle(self) -> str:
         return self.raw["ReceiptHandle"]
+
+
+class Message(Received):
+    """One received SQS message.
+
+    Subclass it and pass ``message_class=`` to ``@receiver`` to change how bodies are
+    encoded at send time (``encode``) and add properties that read the body.
+    """
+
+    __slots__ = ("raw", "queue", "suffix")
+
+    def __init__(self, raw: dict[str, Any], queue: str = "", suffix: str = "") -> None:
+        self.raw = raw
+        self.queue = queue
+        self.suffix = suffix
 
     @property
     def attributes(self) -> dict[str, str]:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqsd.message import Received
 from sqsd.sqs import MAX_ATTRIBUTES, MAX_BATCH, batches, describe_error, error_code
 from sqsd.tools.queues import Target
 
@@ -52,22 +53,10 @@ TOO_LONG_CODES = ("AWS.SimpleQueueService.BatchRequestTooLong", "BatchRequestToo
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class DeadLetter(Received):
     """One message received from a dead-letter queue."""
 
     raw: dict[str, Any]
-
-    @property
-    def id(self) -> str:
-        return self.raw["MessageId"]
-
-    @property
-    def receipt_handle(self) -> str:
-        return self.raw["ReceiptHandle"]
-
-    @property
-    def body(self) -> str:
-        return self.raw["Body"]
 
     @property
     def sent_at(self) -> float:
