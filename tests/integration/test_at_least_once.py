@@ -28,8 +28,13 @@ import pytest
 from conftest import queue_counts
 
 from sqsd.message import encode_call
-from tests.chaos.ledger import Ledger
-from tests.support.figures import create_queue, ledger_fixture, report
+from tests.support.figures import (
+    assert_nothing_dropped,
+    create_queue,
+    ledger_fixture,
+    report,
+    settle,
+)
 from tests.support.proxy import SQSProxy
 
 RECEIVER = "tests.receivers.atleastonce:handle"
@@ -48,25 +53,6 @@ def starts(harness, key: str) -> list[dict[str, Any]]:
 
 def program_status(daemon, queue: str) -> list[dict[str, Any]]:
     return [w for w in daemon.status()["workers"] if w["queue"] == queue]
-
-
-def settle(ledger: Ledger, daemon, queues: list[str], timeout: float) -> None:
-    """``ledger.wait_settled``; a failure also says how the workers fared meanwhile
-    (restarts, state, last exit), which is usually why messages were not settled."""
-    try:
-        ledger.wait_settled(timeout=timeout, queues=queues, daemon=daemon)
-    except AssertionError as exc:
-        try:
-            workers = [{k: w.get(k) for k in ("queue", "pid", "state", "restarts", "last_exit")}
-                       for w in daemon.status()["workers"]]
-        except Exception as status_error:  # the daemon may be gone: say so instead
-            workers = f"no status: {status_error}"
-        raise AssertionError(f"{exc}\nworkers: {workers}") from None
-
-
-def assert_nothing_dropped(figures: dict[str, Any]) -> None:
-    assert figures["lost"] == 0, figures
-    assert not figures["dead_but_expected_handled"], figures
 
 
 # -- 1. a crash is blamed on the running message only -----------------------------------

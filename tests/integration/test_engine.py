@@ -39,7 +39,13 @@ import sqsd.producer
 from sqsd.testing import RunCounts, queues
 from tests.chaos.ledger import Ledger
 from tests.receivers.chaos import body_key
-from tests.support.figures import create_queue, ledger_fixture, report
+from tests.support.figures import (
+    assert_nothing_dropped,
+    create_queue,
+    ledger_fixture,
+    report,
+    settle,
+)
 
 RECEIVER = "tests.receivers.engine:handle"
 ARECEIVER = "tests.receivers.engine:ahandle"
@@ -71,24 +77,6 @@ def send_fifo(ledger: Ledger, queue: str, entries: list[tuple[str, str]]) -> Non
             ledger.expected[key] = "handled"
             ledger.queue_of[key] = queue
             ledger.sent += 1
-
-
-def settle(ledger: Ledger, daemon, queues: list[str], timeout: float) -> None:
-    """``ledger.wait_settled``; a failure also says how the workers fared meanwhile."""
-    try:
-        ledger.wait_settled(timeout=timeout, queues=queues, daemon=daemon)
-    except AssertionError as exc:
-        try:
-            workers = [{k: w.get(k) for k in ("queue", "pid", "state", "restarts", "last_exit")}
-                       for w in daemon.status()["workers"]]
-        except Exception as status_error:  # the daemon may be gone: say so instead
-            workers = f"no status: {status_error}"
-        raise AssertionError(f"{exc}\nworkers: {workers}") from None
-
-
-def assert_nothing_dropped(figures: dict[str, Any]) -> None:
-    assert figures["lost"] == 0, figures
-    assert not figures["dead_but_expected_handled"], figures
 
 
 def calls(harness, outcome: str | None = "ok", **match: Any) -> list[dict[str, Any]]:

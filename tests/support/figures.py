@@ -1,6 +1,7 @@
 """What the regression suites of issues #10 and #12 share: a ledger fixture that prints
-the test's figures as one JSON line (also when the test failed first), and queues created
-before any daemon runs."""
+the test's figures as one JSON line (also when the test failed first), queues created
+before any daemon runs, and waiting for the ledger to settle (saying how the workers
+fared when it does not)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,22 @@ def create_queue(harness, name: str) -> str:
         attributes.update(FifoQueue="true", ContentBasedDeduplication="true")
     return harness.sqs.create_queue(QueueName=harness.queue_name(name),
                                     Attributes=attributes)["QueueUrl"]
+
+
+def settle(ledger: Ledger, daemon, queues: list[str], timeout: float) -> None:
+    """``ledger.wait_settled``; a failure also says how the workers fared meanwhile
+    (restarts, state, last exit), which is usually why messages were not settled."""
+    try:
+        ledger.wait_settled(timeout=timeout, queues=queues, daemon=daemon)
+    except AssertionError as exc:
+        try:
+            workers = [{k: w.get(k) for k in ("queue", "pid", "state", "restarts", "last_exit")}
+                       for w in daemon.status()["workers"]]
+        except Exception as status_error:  # the daemon may be gone: say so instead
+            workers = f"no status: {status_error}"
+        raise AssertionError(f"{exc}\nworkers: {workers}") from None
+
+
+def assert_nothing_dropped(figures: dict[str, Any]) -> None:
+    assert figures["lost"] == 0, figures
+    assert not figures["dead_but_expected_handled"], figures
