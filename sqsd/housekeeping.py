@@ -272,13 +272,18 @@ class Deleter(_QueueThread):
     def _has_work(self) -> bool:
         return self.stopping or self.flush_requested or len(self.pending) >= MAX_BATCH
 
+    def _flush_at(self) -> float:
+        # One expression for the wait and the check after it: computed two ways, rounding
+        # could find the batch not yet due after a wait that ended exactly at its time.
+        return self.oldest_pending + DELETE_FLUSH_AGE
+
     def _next_timeout(self) -> float | None:
         if not self.pending:
             return None
-        return max(0.0, self.oldest_pending + DELETE_FLUSH_AGE - time.monotonic())
+        return max(0.0, self._flush_at() - time.monotonic())
 
     def _take_batch(self) -> list[tuple[str, str, int]]:
-        due = self.pending and time.monotonic() - self.oldest_pending >= DELETE_FLUSH_AGE
+        due = self.pending and time.monotonic() >= self._flush_at()
         if not (self.flush_requested or self.stopping or due or len(self.pending) >= MAX_BATCH):
             return []
         batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
