@@ -11,6 +11,7 @@ endpoint: moto's server as its own unit). Users: `producer` (in sqsd-clients) an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -184,7 +185,11 @@ class Machine:
         def booted():
             result = self.sh(["systemctl", "is-system-running", "--wait"], check=False,
                              timeout=90)
-            return None if "Failed to connect to bus" in result.stderr else result
+            # Too early, systemd has no bus yet, or has not yet marked the system as booted
+            # by systemd (/run/systemd/system): systemctl then says "offline" at once.
+            too_early = ("Failed to connect to bus" in result.stderr
+                         or result.stdout.strip() == "offline")
+            return None if too_early else result
 
         result = wait_for(booted, 30, "systemd's bus in the container")  # not there at once
         seconds = time.monotonic() - started
@@ -217,6 +222,11 @@ class Machine:
         try:
             self.nspawn.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            # Killing nspawn alone would leave the container's init running, orphaned: its
+            # PID namespace ends only with its PID 1.
+            if self.pid1:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid1, signal.SIGKILL)
             self.nspawn.kill()
             self.nspawn.wait()
         self.pid1 = 0
