@@ -26,17 +26,8 @@ import time
 
 import sqsd
 from sqsd.message import encode_call
-from tests.receivers.chaos import body_key
+from tests.receivers.chaos import body_key, fields
 from tests.receivers.record import record
-
-
-def fields(message: sqsd.Message) -> dict:
-    return {
-        "queue": message.queue,
-        "message_id": message.id,
-        "key": body_key(message.body),
-        "receive_count": message.receive_count,
-    }
 
 
 def handle(message: sqsd.Message) -> None:

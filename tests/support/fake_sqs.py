@@ -284,24 +284,37 @@ class FakeSQS:
         return {}
 
     def delete_message_batch(self, QueueUrl: str, Entries: list[dict], **_: Any) -> dict:  # noqa: N803
-        fate = self._fate("delete_message_batch", batch=True)
-        self._queue(QueueUrl, "DeleteMessageBatch")
-        self._check_entries(Entries)
-        failing = self.chaos_entry(len(Entries)) if fate == FAIL_ENTRY else -1
+        def delete(entry: dict) -> str:
+            message, problem = self._lookup(QueueUrl, entry["ReceiptHandle"])
+            if problem == "ReceiptHandleIsInvalid":
+                return problem
+            if message is not None:
+                self._delete(QueueUrl, message, entry["ReceiptHandle"])
+            return ""
+
+        return self._batch("delete_message_batch", "DeleteMessageBatch", QueueUrl, Entries,
+                           delete)
+
+    def _batch(self, name: str, action: str, url: str, entries: list[dict],
+               apply: Callable[[dict], str]) -> dict:
+        """A batch call: ``apply`` each entry (it returns an error code, or ""), one entry
+        failing by injection when the call's fate says so."""
+        fate = self._fate(name, batch=True)
+        self._queue(url, action)
+        self._check_entries(entries)
+        failing = self.chaos_entry(len(entries)) if fate == FAIL_ENTRY else -1
         successful, failed = [], []
-        for index, entry in enumerate(Entries):
+        for index, entry in enumerate(entries):
             if index == failing:
                 failed.append({"Id": entry["Id"], "Code": "InternalError", "SenderFault": False,
                                "Message": "injected"})
                 continue
-            message, problem = self._lookup(QueueUrl, entry["ReceiptHandle"])
-            if problem == "ReceiptHandleIsInvalid":
+            problem = apply(entry)
+            if problem:
                 failed.append({"Id": entry["Id"], "Code": problem, "SenderFault": True})
-                continue
-            if message is not None:
-                self._delete(QueueUrl, message, entry["ReceiptHandle"])
-            successful.append({"Id": entry["Id"]})
-        self._after(fate, "delete_message_batch")
+            else:
+                successful.append({"Id": entry["Id"]})
+        self._after(fate, name)
         return {"Successful": successful, "Failed": failed}
 
     def _delete(self, url: str, message: StoredMessage, handle: str) -> None:
@@ -329,23 +342,11 @@ class FakeSQS:
         Entries: list[dict],  # noqa: N803
         **_: Any,
     ) -> dict:
-        fate = self._fate("change_message_visibility_batch", batch=True)
-        self._queue(QueueUrl, "ChangeMessageVisibilityBatch")
-        self._check_entries(Entries)
-        failing = self.chaos_entry(len(Entries)) if fate == FAIL_ENTRY else -1
-        successful, failed = [], []
-        for index, entry in enumerate(Entries):
-            if index == failing:
-                failed.append({"Id": entry["Id"], "Code": "InternalError", "SenderFault": False,
-                               "Message": "injected"})
-                continue
-            problem = self._change(QueueUrl, entry["ReceiptHandle"], entry["VisibilityTimeout"])
-            if problem:
-                failed.append({"Id": entry["Id"], "Code": problem, "SenderFault": True})
-            else:
-                successful.append({"Id": entry["Id"]})
-        self._after(fate, "change_message_visibility_batch")
-        return {"Successful": successful, "Failed": failed}
+        def change(entry: dict) -> str:
+            return self._change(QueueUrl, entry["ReceiptHandle"], entry["VisibilityTimeout"])
+
+        return self._batch("change_message_visibility_batch", "ChangeMessageVisibilityBatch",
+                           QueueUrl, Entries, change)
 
     def _change(self, url: str, handle: str, seconds: int) -> str:
         assert 0 <= seconds <= 43200
